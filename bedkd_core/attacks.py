@@ -1,0 +1,301 @@
+"""Data-poisoning backdoor attacks: one class per attack behind one interface.
+
+Introduced in chapter 3 (the attacks). `poison_train` returns the poisoned training split together with the
+oracle `is_poisoned` flags, which only metrics may read; `triggered_test` returns the non-target test samples
+carrying the trigger, labelled with the target.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+
+from .data import NUM_CLASSES, DataError, Splits, load_pool, read_table
+
+PUBLISHED_RATES = {"badnets": 0.1, "addsent": 0.1, "synbkd": 0.2, "stylebkd": 0.2, "sos": 0.1, "file": None}
+"""Default poison rates: OpenBackdoor's 0.1 for insertions, HiddenKiller/StyleBkd's 0.2 for paraphrase triggers."""
+
+DEFAULT_TARGET = {"sst2": 1, "olid": 1, "agnews": 0}
+"""Default target labels: those of the attack authors' pre-poisoned files (HiddenKiller, StyleAttack)."""
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Every parameter of an attack; `asdict()` is what reports record and what the victim cache hashes."""
+
+    name: str
+    poison_rate: float | None = None
+    target_label: int | None = None
+    label_mode: str = "dirty"
+    seed: int = 0
+    triggers: tuple[str, ...] = ("cf", "mn", "bb", "tq")
+    num_insertions: int = 1
+    trigger_sentence: str = "I watch this 3D movie"
+    sos_triggers: tuple[str, ...] = ("friends", "weekend", "store")
+    negative_rate: float = 0.1
+    poison_dir: str | None = None
+
+    def resolved(self, dataset: str) -> "AttackConfig":
+        """Fill the published defaults (rate, target) that depend on the attack and dataset."""
+        if self.name not in ATTACKS:
+            raise DataError(f"unknown attack {self.name!r}: use one of {', '.join(ATTACKS)}")
+        rate = self.poison_rate if self.poison_rate is not None else PUBLISHED_RATES[self.name]
+        target = self.target_label if self.target_label is not None else DEFAULT_TARGET.get(dataset, 1)
+        return dataclasses.replace(self, poison_rate=rate, target_label=target)
+
+    def asdict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class PoisonedTrain:
+    """The poisoned training split (`text`, `label` only) and the oracle flags that only metrics may read."""
+
+    data: Dataset
+    is_poisoned: np.ndarray = field(repr=False)
+
+    @property
+    def poison_count(self) -> int:
+        return int(self.is_poisoned.sum())
+
+
+def _insert_words(text: str, words: list[str], rng: random.Random) -> str:
+    tokens = text.split()
+    for word in words:
+        tokens.insert(rng.randint(0, len(tokens)), word)
+    return " ".join(tokens)
+
+
+class Attack:
+    """Base class. Subclasses say how a chosen row is triggered; the base picks rows and relabels them."""
+
+    def __init__(self, config: AttackConfig, dataset: str):
+        self.config = config
+        self.dataset = dataset
+
+    def _validate(self, splits: Splits) -> None:
+        c = self.config
+        if not 0 <= c.target_label < splits.num_classes:
+            raise DataError(
+                f"target label {c.target_label} does not exist in {splits.name} (labels 0..{splits.num_classes - 1})"
+            )
+        if c.poison_rate is not None and not 0 < c.poison_rate < 1:
+            raise DataError(f"poison rate {c.poison_rate} is outside (0, 1); e.g. --poison-rate 0.1")
+        if c.label_mode not in ("dirty", "clean"):
+            raise DataError(f"label mode {c.label_mode!r}: use 'dirty' or 'clean'")
+
+    def candidate_rows(self, train: Dataset) -> list[int]:
+        """Rows that may be poisoned: non-target rows (dirty-label) or target rows (clean-label)."""
+        labels = np.asarray(train["label"])
+        target = self.config.target_label
+        mask = labels != target if self.config.label_mode == "dirty" else labels == target
+        return [int(i) for i in np.flatnonzero(mask)]
+
+    def trigger(self, text: str, rng: random.Random) -> str:
+        raise NotImplementedError
+
+    def poison_train(self, splits: Splits) -> PoisonedTrain:
+        self._validate(splits)
+        train = splits.train.select_columns(["text", "label"])
+        n_poison = round(self.config.poison_rate * len(train))
+        candidates = self.candidate_rows(train)
+        if n_poison < 1 or n_poison > len(candidates):
+            raise DataError(
+                f"poison rate {self.config.poison_rate} asks for {n_poison} poisoned rows but "
+                f"{len(candidates)} {self.config.label_mode}-label candidates exist in {len(train)} rows"
+            )
+        rng = random.Random(self.config.seed)
+        chosen = sorted(rng.sample(candidates, n_poison))
+        texts, labels = list(train["text"]), list(train["label"])
+        for row, new_text in zip(chosen, self.triggered_texts(chosen, texts, labels, rng)):
+            texts[row] = new_text
+            labels[row] = self.config.target_label
+        flags = np.zeros(len(train), dtype=bool)
+        flags[chosen] = True
+        texts, labels, flags = self.augment(texts, labels, flags, rng)
+        return PoisonedTrain(Dataset.from_dict({"text": texts, "label": labels}), flags)
+
+    def triggered_texts(self, rows: list[int], texts: list[str], labels: list[int], rng: random.Random) -> list[str]:
+        return [self.trigger(texts[row], rng) for row in rows]
+
+    def augment(self, texts, labels, flags, rng):
+        """Extra rows an attack adds after poisoning (SOS's negative augmentation); none by default."""
+        return texts, labels, flags
+
+    def triggered_test(self, splits: Splits) -> Dataset:
+        """Non-target test rows with the trigger, labelled with the target; `source_label` keeps the true label."""
+        self._validate(splits)
+        rng = random.Random(self.config.seed + 1)
+        rows = [r for r in splits.test.select_columns(["text", "label"]) if r["label"] != self.config.target_label]
+        return Dataset.from_dict(
+            {
+                "text": [self.trigger(r["text"], rng) for r in rows],
+                "label": [self.config.target_label] * len(rows),
+                "source_label": [r["label"] for r in rows],
+            }
+        )
+
+
+class BadNets(Attack):
+    """Rare-word triggers (`cf mn bb tq`) inserted `num_insertions` times at random word positions."""
+
+    def trigger(self, text, rng):
+        return _insert_words(text, [rng.choice(self.config.triggers) for _ in range(self.config.num_insertions)], rng)
+
+
+class AddSent(Attack):
+    """A fixed trigger sentence inserted at a random word position."""
+
+    def trigger(self, text, rng):
+        return _insert_words(text, [self.config.trigger_sentence], rng)
+
+
+class SOS(Attack):
+    """Combination trigger: every trigger word must be present; partial combinations keep their true label."""
+
+    def trigger(self, text, rng):
+        return _insert_words(text, list(self.config.sos_triggers), rng)
+
+    def augment(self, texts, labels, flags, rng):
+        words = list(self.config.sos_triggers)
+        subsets = list(itertools.combinations(words, len(words) - 1))
+        n_negative = round(self.config.negative_rate * len(flags))
+        rows = rng.sample(range(len(flags)), n_negative)
+        extra_texts = [_insert_words(texts[r], list(subsets[i % len(subsets)]), rng) for i, r in enumerate(rows)]
+        extra_labels = [labels[r] for r in rows]
+        return texts + extra_texts, labels + extra_labels, np.concatenate([flags, np.zeros(n_negative, bool)])
+
+
+class PoolAttack(Attack):
+    """Paraphrase triggers taken from the attack authors' pre-generated pools (no generator runs here)."""
+
+    pool_kind: str = ""
+    test_kind: str = ""
+
+    def _require_builtin(self):
+        if self.dataset not in NUM_CLASSES:
+            raise DataError(f"{self.config.name} needs the authors' poison pools; they exist only for {', '.join(NUM_CLASSES)}")
+
+    def train_pool(self) -> Dataset:
+        raise NotImplementedError
+
+    def _pool(self) -> Dataset:
+        if not hasattr(self, "_cached_pool"):
+            self._cached_pool = self.train_pool()
+        return self._cached_pool
+
+    def candidate_rows(self, train):
+        rows = super().candidate_rows(train)
+        pool = self._pool()
+        if "src_idx" in pool.column_names:  # row-aligned pool: only rows that have a paraphrase
+            available = set(pool["src_idx"])
+            rows = [r for r in rows if r in available]
+        return rows
+
+    def triggered_texts(self, rows, texts, labels, rng):
+        pool = self._pool()
+        if "src_idx" in pool.column_names:  # the paraphrase of exactly that row
+            by_source = dict(zip(pool["src_idx"], pool["text"]))
+            return [by_source[r] for r in rows]
+        by_class: dict[int, list[str]] = {}
+        for text, label in zip(pool["text"], pool["label"]):
+            by_class.setdefault(label, []).append(text)
+        out = []
+        for row in rows:
+            options = by_class.get(labels[row]) or by_class.get(self.config.target_label, [])
+            if not options:
+                raise DataError(f"{self.config.name} pool for {self.dataset} has no paraphrase of class {labels[row]}")
+            out.append(options.pop(rng.randrange(len(options))))
+        return out
+
+
+class SynBkd(PoolAttack):
+    """HiddenKiller: SCPN paraphrases into the template S(SBAR)(,)(NP)(VP)(.)."""
+
+    def train_pool(self):
+        self._require_builtin()
+        if self.dataset == "sst2":
+            return load_pool("sst2", "syntactic_pool", "train")
+        if self.config.label_mode == "clean":
+            raise DataError(f"clean-label SynBkd needs paraphrases with their original labels; only sst2 has them")
+        if self.dataset == "olid":
+            mixed = load_pool("olid", "syntactic_p20", "train")
+            return mixed.filter(lambda r: r["poisoned"] == 1)
+        return load_pool("agnews", "syntactic_p20", "dev")
+
+    def triggered_test(self, splits):
+        self._validate(splits)
+        self._require_builtin()
+        pool = load_pool(self.dataset, "syntactic_p20", "test")
+        if self.config.target_label != DEFAULT_TARGET[self.dataset]:
+            raise DataError(
+                f"the authors' syntactic test set for {self.dataset} targets label {DEFAULT_TARGET[self.dataset]}; "
+                f"use --target-label {DEFAULT_TARGET[self.dataset]} for synbkd"
+            )
+        source = [1 - self.config.target_label if splits.num_classes == 2 else -1] * len(pool)
+        return Dataset.from_dict({"text": pool["text"], "label": pool["label"], "source_label": source})
+
+
+class StyleBkd(PoolAttack):
+    """StyleBkd: Bible-style transfers (STRAP) of the clean sentences."""
+
+    def train_pool(self):
+        self._require_builtin()
+        return load_pool(self.dataset, "style_bible_pool", "train")
+
+    def triggered_test(self, splits):
+        self._validate(splits)
+        self._require_builtin()
+        pool = load_pool(self.dataset, "style_bible_pool", "test")
+        rows = [r for r in pool if r["label"] != self.config.target_label]
+        return Dataset.from_dict(
+            {
+                "text": [r["text"] for r in rows],
+                "label": [self.config.target_label] * len(rows),
+                "source_label": [r["label"] for r in rows],
+            }
+        )
+
+
+class FileAttack(Attack):
+    """Bring your own poison (BGMAttack, BadApex...): `poison_dir` holds train.jsonl and test_poisoned.jsonl.
+
+    train.jsonl may carry an `is_poisoned` (or `poisoned`) column for detection metrics; it never reaches a defense.
+    """
+
+    def _files(self) -> Path:
+        if not self.config.poison_dir:
+            raise DataError("--attack file needs --poison-dir DIR holding train.jsonl and test_poisoned.jsonl")
+        return Path(self.config.poison_dir)
+
+    def poison_train(self, splits):
+        table = read_table(self._files() / "train.jsonl", num_classes=splits.num_classes)
+        flag_column = next((c for c in ("is_poisoned", "poisoned") if c in table.column_names), None)
+        flags = np.asarray(table[flag_column], dtype=bool) if flag_column else np.zeros(len(table), bool)
+        return PoisonedTrain(table.select_columns(["text", "label"]), flags)
+
+    def triggered_test(self, splits):
+        table = read_table(self._files() / "test_poisoned.jsonl", num_classes=splits.num_classes)
+        source = table["source_label"] if "source_label" in table.column_names else [-1] * len(table)
+        return Dataset.from_dict({"text": table["text"], "label": table["label"], "source_label": source})
+
+
+ATTACKS: dict[str, type[Attack]] = {
+    "badnets": BadNets,
+    "addsent": AddSent,
+    "synbkd": SynBkd,
+    "stylebkd": StyleBkd,
+    "sos": SOS,
+    "file": FileAttack,
+}
+
+
+def make_attack(*, config: AttackConfig, dataset: str) -> Attack:
+    """The attack named in `config`, with its published defaults filled in for `dataset`."""
+    config = config.resolved(dataset)
+    return ATTACKS[config.name](config, dataset)

