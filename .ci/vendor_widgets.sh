@@ -25,8 +25,9 @@ tar -xzf mathjax-*.tgz -C mathjax --strip-components=1
 
 rm -rf "$DEST"
 mkdir -p "$DEST/widgets" "$DEST/mathjax/output/chtml/fonts" "$DEST/mathjax/input/tex"
-# embed-amd.js bundles @jupyter-widgets/base, controls and output and loads no chunk files;
-# require.js is the AMD loader it needs. Source maps, embed.js and its chunks stay out.
+# embed-amd.js bundles @jupyter-widgets/base, controls and output: with require.js, its AMD loader,
+# it draws the standard widgets offline (tests/test_book.py checks). Left out: source maps, embed.js
+# (the non-AMD build) and its chunks, and the icon fonts (the theme's Font Awesome script draws icons).
 cp html-manager/dist/embed-amd.js requirejs/require.js "$DEST/widgets/"
 cp html-manager/LICENSE "$DEST/widgets/html-manager.LICENSE"
 # MathJax: the combined TeX component, the fonts it loads and the TeX extensions it autoloads.

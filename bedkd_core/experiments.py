@@ -23,7 +23,7 @@ from .data import DataError, Splits, load_task
 from .defenses import DEFENSES, make_defense_config
 from .defenses.base import DefenderData, defender_view
 from .metrics import detection_scores, evaluate
-from .victim import VictimConfig, Victim, get_victim, resolve_model
+from .victim import VictimConfig, Victim, check_safetensors, get_victim, load_classifier, resolve_model, save_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,10 +175,10 @@ def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none",
                    with_floor: bool = True, trust_pickle: bool = False) -> dict:
     """Train or reuse the victim, apply the defense, evaluate; return (and optionally write) the report."""
     started = time.perf_counter()
+    defense_config = make_defense_config(defense, scale=get_scale(scale).name, **(defense_options or {}))
     prepared = prepare(dataset=dataset, attack=attack, scale=scale, model=model, seed=seed, trust_pickle=trust_pickle)
     victim_metrics = evaluate(prepared.victim.model, prepared.victim.tokenizer, clean_test=prepared.clean_test,
                               triggered_test=prepared.triggered_test, target_label=prepared.attack.target_label)
-    defense_config = make_defense_config(defense, scale=prepared.scale.name, **(defense_options or {}))
     report = {
         "dataset": dataset,
         "attack": prepared.attack.asdict(),
@@ -218,8 +218,6 @@ def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none",
 
 def _save_defense_artifacts(out: Path, result, prepared: Prepared) -> None:
     """The purified model (safetensors) and per-sample scores with their oracle flags, for the chapters' plots."""
-    from .victim import save_model
-
     save_model(result.model, result.tokenizer, out / "purified_model", {"source": str(prepared.victim.path)})
     scores = result.details.get("scores")
     if scores is not None:
@@ -228,3 +226,31 @@ def _save_defense_artifacts(out: Path, result, prepared: Prepared) -> None:
         write_json_atomic(out / "scores.json", {"scores": rows})
     if "curve" in result.details:
         write_json_atomic(out / "curve.json", {"curve": result.details["curve"]})
+
+
+def defend_own_model(*, victim: str, clean: str, suspect: str, out: str | Path, options: dict | None = None,
+                     trust_pickle: bool = False) -> dict:
+    """BeDKD on a model the user brings: an HF folder (safetensors), a clean file and the suspect training file."""
+    from transformers import AutoConfig
+
+    from .data import read_table
+    from .defenses.bedkd import bedkd, make_config
+
+    check_safetensors(victim, trust_pickle=trust_pickle)
+    num_classes = AutoConfig.from_pretrained(victim).num_labels
+    model, tokenizer = load_classifier(victim, num_labels=num_classes, trust_pickle=trust_pickle)
+    options = dict(options or {})
+    config = make_config(preset=options.pop("preset", "fixed"), **options)
+    defender = DefenderData(clean=defender_view(read_table(clean, num_classes=num_classes)),
+                            suspect=defender_view(read_table(suspect, num_classes=num_classes)),
+                            num_classes=num_classes)
+    started = time.perf_counter()
+    result = bedkd(victim=Victim(model, tokenizer, None, Path(victim), 0.0, True), data=defender, config=config)
+    summary = {**result.details["summary"], "identified_rows": result.flagged.tolist()}
+    out = Path(out)
+    save_model(result.model, result.tokenizer, out / "purified_model", {"source": str(victim)})
+    write_json_atomic(out / "report.json", {"victim": str(victim), "clean": str(clean), "suspect": str(suspect),
+                                            "defense": {"name": "bedkd", **config.asdict()}, "summary": summary,
+                                            "seconds": {"defense": round(time.perf_counter() - started, 1)},
+                                            "provenance": provenance()})
+    return summary

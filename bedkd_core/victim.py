@@ -60,6 +60,8 @@ def check_safetensors(folder: str | Path, *, trust_pickle: bool = False) -> None
     """Refuse a local model folder whose weights are not safetensors, unless the user trusts it explicitly."""
     folder = Path(folder)
     if not folder.is_dir():
+        if str(folder).startswith((".", "/", "~")) or folder.suffix:
+            raise DataError(f"{folder}: no model weights found (the folder does not exist)")
         return  # a hub id: from_pretrained(use_safetensors=True) enforces the format
     if list(folder.glob("*.safetensors")):
         return
@@ -84,9 +86,12 @@ def load_classifier(name: str, *, num_labels: int, trust_pickle: bool = False):
         model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=num_labels, use_safetensors=None if trust_pickle else True
         )
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        raise DataError(f"could not load model {name!r} ({str(err).splitlines()[0]}); offline, use the packaged "
+                        "`minilm` or a local folder with model.safetensors") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    tokenizer = AutoTokenizer.from_pretrained(path)
     return model.to(device()), tokenizer
 
 

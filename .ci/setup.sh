@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Idempotent set-up shared by the README's two commands: a venv in .venv with the pinned stack
+# (torch 2.13.0 CPU build; jupyter-book 1.x), bedkd_core installed editable, vendored page JS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import torch, transformers, jupyter_book" # fail here, not later, if the install broke
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
+bash .ci/vendor_widgets.sh

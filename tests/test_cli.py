@@ -1,0 +1,37 @@
+"""The `bedkd` command's bad-input paths: each fails fast (before any training) with a message naming the fix."""
+import subprocess
+import sys
+
+import pytest
+
+from bedkd_core import cli
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "imdb", "--attack", "badnets"], "unknown dataset 'imdb': use one of sst2, olid, agnews"),
+    (["--dataset", "sst2", "--attack", "ripples"], "unknown attack 'ripples': use one of badnets, addsent, synbkd"),
+    (["--dataset", "sst2", "--attack", "badnets", "--defense", "onion"], "unknown defense 'onion': use one of none, bedkd"),
+    (["--dataset", "sst2", "--attack", "badnets", "--target-label", "7"], "target label 7 does not exist"),
+    (["--dataset", "sst2", "--attack", "badnets", "--poison-rate", "0"], r"poison rate 0.0 is outside \(0, 1\)"),
+    (["--dataset", "sst2", "--attack", "badnets", "--tau", "0.2"], "BeDKD options \\(tau\\) were given but --defense is none"),
+    (["--dataset", "sst2", "--attack", "badnets", "--defense", "bedkd", "--preset", "paper"], "unknown BeDKD preset 'paper'"),
+    (["--dataset", "sst2", "--attack", "badnets", "--scale", "quick", "--model", "/nonexistent/model"], "no model weights found"),
+])
+def test_bad_input_exits_2_with_a_clear_message(argv, message, tmp_path, capsys):
+    assert cli.main(["run", *argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bedkd: error:")
+    import re
+    assert re.search(message, err), err
+
+
+def test_help_lists_attacks_defenses_and_bedkd_options():
+    out = subprocess.run([sys.executable, "-m", "bedkd_core", "run", "--help"], capture_output=True, text=True).stdout
+    for word in ("badnets", "stylebkd", "bedkd", "--tau", "--n-poison", "--temperature-akd", "--preset", "--trust-pickle"):
+        assert word in out
+
+
+def test_missing_data_root_says_where_it_looked(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("BEDKD_DATA", str(tmp_path / "nowhere"))
+    assert cli.main(["run", "--dataset", "sst2", "--attack", "badnets", "--out", str(tmp_path)]) == 2
+    assert "does not hold the datasets" in capsys.readouterr().err
