@@ -200,7 +200,8 @@ def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none",
         defender = DefenderData(clean=prepared.clean_pool.select_columns(["text", "label"]),
                                 suspect=defender_view(prepared.poisoned.data), num_classes=prepared.splits.num_classes)
         defense_started = time.perf_counter()
-        result = DEFENSES[defense](victim=prepared.victim, data=defender, config=defense_config)
+        extra = {"curve_fn": _curve_fn(prepared)} if getattr(defense_config, "curve_every", 0) else {}
+        result = DEFENSES[defense](victim=prepared.victim, data=defender, config=defense_config, **extra)
         report["seconds"]["defense"] = round(time.perf_counter() - defense_started, 1)
         report["defended"] = evaluate(result.model, result.tokenizer, clean_test=prepared.clean_test,
                                       triggered_test=prepared.triggered_test, target_label=prepared.attack.target_label)
@@ -214,6 +215,18 @@ def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none",
     if out:
         write_json_atomic(Path(out) / "report.json", report)
     return report
+
+
+def _curve_fn(prepared: Prepared, size: int = 400):
+    """CACC/ASR on fixed test subsets, for training curves only (never used to choose anything)."""
+    clean = prepared.clean_test.select(range(min(size, len(prepared.clean_test))))
+    triggered = prepared.triggered_test.select(range(min(size, len(prepared.triggered_test))))
+
+    def curve_fn(model, tokenizer):
+        return evaluate(model, tokenizer, clean_test=clean, triggered_test=triggered,
+                        target_label=prepared.attack.target_label)
+
+    return curve_fn
 
 
 def _save_defense_artifacts(out: Path, result, prepared: Prepared) -> None:

@@ -10,10 +10,10 @@ def _no_defense(*, victim, data, config) -> DefenseResult:
     return DefenseResult(model=victim.model, tokenizer=victim.tokenizer)
 
 
-def _bedkd(*, victim, data, config) -> DefenseResult:
+def _bedkd(*, victim, data, config, curve_fn=None) -> DefenseResult:
     from .bedkd import bedkd
 
-    return bedkd(victim=victim, data=data, config=config)
+    return bedkd(victim=victim, data=data, config=config, curve_fn=curve_fn)
 
 
 DEFENSES = {"none": _no_defense, "bedkd": _bedkd}
