@@ -175,6 +175,7 @@ def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none",
                    with_floor: bool = True, trust_pickle: bool = False) -> dict:
     """Train or reuse the victim, apply the defense, evaluate; return (and optionally write) the report."""
     started = time.perf_counter()
+    run_provenance = provenance()  # taken before the run: the code that ran is the code at this commit
     defense_config = make_defense_config(defense, scale=get_scale(scale).name, **(defense_options or {}))
     prepared = prepare(dataset=dataset, attack=attack, scale=scale, model=model, seed=seed, trust_pickle=trust_pickle)
     victim_metrics = evaluate(prepared.victim.model, prepared.victim.tokenizer, clean_test=prepared.clean_test,
@@ -211,7 +212,7 @@ def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none",
         if out:
             _save_defense_artifacts(Path(out), result, prepared)
     report["seconds"]["total"] = round(time.perf_counter() - started, 1)
-    report["provenance"] = provenance()
+    report["provenance"] = run_provenance
     if out:
         write_json_atomic(Path(out) / "report.json", report)
     return report
