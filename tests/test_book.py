@@ -40,7 +40,8 @@ def chapter_number(docname: str) -> int:
 def build_book(book_dir: Path, output_dir: Path) -> Path:
     """Build book_dir at quick scale with -W --keep-going into output_dir; the HTML folder."""
     python_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "BEDKD_SCALE": "quick", "PYTHONPATH": python_path}  # chapters import this checkout
+    env = {**os.environ, "BEDKD_SCALE": "quick", "PYTHONPATH": python_path,  # chapters import this checkout
+           "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # progress bars write to stderr
     command = [JUPYTER_BOOK, "build", "-W", "--keep-going", "--path-output", output_dir, book_dir]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     html = output_dir / "_build" / "html"
