@@ -27,6 +27,11 @@ BEDKD_OPTIONS = {  # CLI flag → (config field, type)
     "--learning-rate": ("learning_rate", float),
     "--curve-every": ("curve_every", int),
 }
+BEDKD_SWITCHES = {  # CLI flag → config field it turns off
+    "--no-infer-target": "infer_target",
+    "--no-mask-padding": "mask_padding",
+    "--no-punish-bound": "punish_bound",
+}
 
 
 def _add_bedkd_options(parser: argparse.ArgumentParser) -> None:
@@ -35,10 +40,16 @@ def _add_bedkd_options(parser: argparse.ArgumentParser) -> None:
         default = next(f.default for f in dataclasses.fields(BeDKDConfig) if f.name == field)
         extra = f"; presets: {', '.join(PRESETS)}" if field == "preset" else ""
         group.add_argument(flag, dest=field, type=kind, default=None, help=f"default {default}{extra}")
+    for flag, field in BEDKD_SWITCHES.items():
+        group.add_argument(flag, dest=f"off_{field}", action="store_true", help=f"turn off {field}")
 
 
 def _bedkd_options(args) -> dict:
-    return {field: getattr(args, field) for field, _ in BEDKD_OPTIONS.values() if getattr(args, field) is not None}
+    options = {field: getattr(args, field) for field, _ in BEDKD_OPTIONS.values() if getattr(args, field) is not None}
+    for field in BEDKD_SWITCHES.values():
+        if getattr(args, f"off_{field}"):
+            options[field] = None if field == "punish_bound" else False
+    return options
 
 
 def _words(text: str) -> tuple[str, ...]:

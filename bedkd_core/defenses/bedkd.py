@@ -46,6 +46,8 @@ class BeDKDConfig(DefenseConfig):
     """Average the hidden-state MSE over real tokens only (the reference averages over padding too)."""
     punish_bound: float | None = 3.0
     """Stop pushing a punish batch once its loss exceeds this bound (the reference's negated loss is unbounded)."""
+    cache_teacher: bool = True
+    """Compute the frozen teacher's outputs once per fixed batch (the reference recomputes them every step)."""
     learning_rate: float = 3e-5
     batch_size: int = 16
     max_length: int = 128
@@ -69,7 +71,7 @@ def make_config(*, preset: str = "fixed", **overrides) -> BeDKDConfig:
     unknown = set(overrides) - fields
     if unknown:
         raise DataError(f"unknown BeDKD option(s) {', '.join(sorted(unknown))}: valid are {', '.join(sorted(fields))}")
-    return BeDKDConfig(**{**PRESETS[preset], "preset": preset, **{k: v for k, v in overrides.items() if v is not None}})
+    return BeDKDConfig(**{**PRESETS[preset], "preset": preset, **overrides})
 
 
 # ---------------------------------------------------------------- the loss (chapter 4)
@@ -94,35 +96,50 @@ def distillation_loss(*, student_logits, teacher_logits, student_hidden, teacher
 
 # ---------------------------------------------------------------- batches with a frozen teacher
 
+def _autocast():
+    """bf16 autocast on CUDA; a no-op on CPU, where the numbers stay exactly reproducible."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device().type == "cuda")
+
+
 @dataclass
 class _Batch:
     inputs: dict
     labels: torch.Tensor
-    teacher_logits: torch.Tensor
-    teacher_hidden: torch.Tensor
+    teacher: object
+    cached: tuple | None = None
+
+    def teacher_outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, last hidden states) of the frozen teacher: cached once, or recomputed (reference schedule)."""
+        if self.cached is not None:
+            return self.cached
+        with torch.no_grad(), _autocast():
+            out = self.teacher(**self.inputs, output_hidden_states=True)
+        return out.logits.float(), out.hidden_states[-1].float()
 
 
 def _fixed_batches(teacher, tokenizer, data: Dataset, *, config: BeDKDConfig, seed: int) -> list[_Batch]:
-    """Shuffle once with `seed`, cut into fixed batches and compute the frozen teacher's outputs once."""
+    """Shuffle once with `seed` and cut into fixed batches, as the reference does (then fed in a fixed order)."""
     order = np.random.default_rng(seed).permutation(len(data))
     texts, labels = list(data["text"]), list(data["label"])
-    batches = []
     teacher.eval()
-    with torch.no_grad():
-        for start in range(0, len(order), config.batch_size):
-            rows = order[start : start + config.batch_size]
-            inputs = tokenize(tokenizer, [texts[i] for i in rows], config.max_length)
-            out = teacher(**inputs, output_hidden_states=True)
-            batches.append(_Batch(inputs, torch.tensor([labels[i] for i in rows], device=device()),
-                                  out.logits.detach(), out.hidden_states[-1].detach()))
+    batches = []
+    for start in range(0, len(order), config.batch_size):
+        rows = order[start : start + config.batch_size]
+        batch = _Batch(tokenize(tokenizer, [texts[i] for i in rows], config.max_length),
+                       torch.tensor([labels[i] for i in rows], device=device()), teacher)
+        if config.cache_teacher:
+            batch.cached = batch.teacher_outputs()
+        batches.append(batch)
     return batches
 
 
 def _distill_step(student, optimizer, batch: _Batch, *, temperature: float, config: BeDKDConfig, sign: int) -> float:
-    out = student(**batch.inputs, output_hidden_states=True)
+    teacher_logits, teacher_hidden = batch.teacher_outputs()
+    with _autocast():
+        out = student(**batch.inputs, output_hidden_states=True)
     loss = distillation_loss(
-        student_logits=out.logits, teacher_logits=batch.teacher_logits, student_hidden=out.hidden_states[-1],
-        teacher_hidden=batch.teacher_hidden, labels=batch.labels, temperature=temperature, alpha=config.alpha,
+        student_logits=out.logits.float(), teacher_logits=teacher_logits, student_hidden=out.hidden_states[-1].float(),
+        teacher_hidden=teacher_hidden, labels=batch.labels, temperature=temperature, alpha=config.alpha,
         attention_mask=batch.inputs["attention_mask"] if config.mask_padding else None, sign=sign,
     )
     if sign < 0 and config.punish_bound is not None and -loss.item() > config.punish_bound:
