@@ -75,7 +75,7 @@ def provenance_note(frame: pd.DataFrame) -> str:
     """One line saying which commits, devices and dates produced the finished rows of a results frame."""
     done = frame[frame["status"] == "done"] if "status" in frame else frame
     if done.empty:
-        return "No full-scale result has been run yet for these cells."
+        return "Not yet run: no results file exists for these cells yet."
     parts = [
         f"commit {', '.join(sorted(set(c[:12] for c in done['commit'].dropna())))}",
         f"device {'; '.join(sorted(set(done['device'].dropna())))}",

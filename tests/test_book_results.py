@@ -1,0 +1,41 @@
+"""Chapters read results files through bedkd_core.book: finished cells, 'not yet run' cells, provenance."""
+import json
+
+import pytest
+
+from bedkd_core import book
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    monkeypatch.setattr(book, "RESULTS_DIR", tmp_path)
+    cell = book.cell_dir(grid="full", dataset="sst2", attack="badnets", defense="bedkd-fixed")
+    cell.mkdir(parents=True)
+    (cell / "report.json").write_text(json.dumps({
+        "scale": "full", "victim": {"cacc": 0.87, "asr": 1.0}, "clean_floor": {"asr": 0.1},
+        "defended": {"cacc": 0.88, "asr": 0.05}, "detection": {"precision": 0.9, "recall": 0.02, "n_flagged": 32},
+        "seconds": {"victim": 600.0, "defense": 900.0},
+        "provenance": {"git_commit": "abc123def4567890", "device": "cpu (x86_64, 2 cores)", "date": "2026-11-26T08:00:00Z"},
+    }))
+    return tmp_path
+
+
+def test_results_frame_marks_missing_cells_not_yet_run(results):
+    frame = book.results_frame("full", expected=[("sst2", "badnets", "bedkd-fixed"), ("sst2", "addsent", "bedkd-fixed")])
+    done = frame[frame.status == "done"].iloc[0]
+    assert (done.victim_asr, done.defended_asr, done.precision, done.floor_asr) == (1.0, 0.05, 0.9, 0.1)
+    missing = frame[frame.attack == "addsent"].iloc[0]
+    assert missing.status == book.NOT_RUN
+    assert missing.isna()[["victim_asr", "defended_asr"]].all()  # never a number for a cell that did not run
+
+
+def test_provenance_note_names_commit_device_and_date(results):
+    note = book.provenance_note(book.results_frame("full"))
+    assert "abc123def456" in note and "2 cores" in note and "2026-11-26" in note and "full" in note
+    assert book.provenance_note(book.results_frame("nothing-here")).startswith("Not yet run")
+
+
+def test_check_setup_gives_one_readable_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("BEDKD_DATA", str(tmp_path))
+    with pytest.raises(SystemExit, match="does not hold the datasets"):
+        book.check_setup()
