@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import sys
 
+from . import grading, student
 from .attacks import ATTACKS, AttackConfig
 from .data import NUM_CLASSES, DataError
 from .defenses import DEFENSES
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     defend.add_argument("--trust-pickle", action="store_true")
     _add_bedkd_options(defend)
 
+    grading.add_parser(sub)  # bedkd grade NOTEBOOK [--json]
+    student.add_parser(sub)  # bedkd student-copies [--out DIR] [--root BOOK] [--check]
+
     download = sub.add_parser("download", help="fetch the datasets from their public sources and verify sha256")
     download.add_argument("--to", default=None)
     download.add_argument("--dataset", action="append", default=None)
@@ -139,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
             summary = defend_own_model(victim=args.victim, clean=args.clean, suspect=args.suspect, out=args.out,
                                        options=_bedkd_options(args), trust_pickle=args.trust_pickle)
             print(f"identified {summary['n_identified']} suspect samples; purified model: {args.out}/purified_model")
+        elif args.command == "grade":
+            return grading.run(args)
+        elif args.command == "student-copies":
+            return student.run(args)
         elif args.command == "download":
             from .download import main as download_main
 
