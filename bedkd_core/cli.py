@@ -5,7 +5,7 @@ import argparse
 import dataclasses
 import sys
 
-from . import grading, student
+from . import grading, student, sweep
 from .attacks import ATTACKS, AttackConfig
 from .data import NUM_CLASSES, DataError
 from .defenses import DEFENSES
@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     grading.add_parser(sub)  # bedkd grade NOTEBOOK [--json]
     student.add_parser(sub)  # bedkd student-copies [--out DIR] [--root BOOK] [--check]
 
+    sweep.add_parser(sub)  # bedkd sweep --grid NAME --out results/ [--status] [--backend ray] ...
+
     download = sub.add_parser("download", help="fetch the datasets from their public sources and verify sha256")
     download.add_argument("--to", default=None)
     download.add_argument("--dataset", action="append", default=None)
@@ -121,6 +123,8 @@ def _print_report(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "sweep":
+        return sweep.main(args)  # handles its own errors and exit codes
     try:
         if args.command == "run":
             from .experiments import run_experiment
