@@ -105,3 +105,21 @@ def test_defender_data_refuses_oracle_flags():
     clean = Dataset.from_dict({"text": ["b"], "label": [1]})
     with pytest.raises(OracleLeakError, match="suspect set carries oracle poison flags"):
         DefenderData(clean=clean, suspect=table, num_classes=2)
+
+
+def test_loss_term_weights_drop_terms_for_ablations():
+    x = _loss_inputs()
+    full = distillation_loss(**x, temperature=2.0, alpha=0.3)
+    no_hidden = distillation_loss(**x, temperature=2.0, alpha=0.3, hidden_weight=0.0)
+    mse = ((x["student_hidden"] - x["teacher_hidden"]) ** 2).mean()
+    assert torch.allclose(full - no_hidden, 0.7 * mse)
+
+
+def test_random_identification_ignores_scores():
+    n = 500
+    scores = {"score": np.zeros(n), "teacher_pred": np.ones(n, int), "dmm_pred": np.ones(n, int)}
+    kept, _ = identify_poisoned(scores=scores, labels=np.ones(n, int), config=make_config(identify="random"),
+                                num_classes=2)
+    assert len(kept) == 32 and len(set(kept.tolist())) == 32 and kept.max() > 100
+    with pytest.raises(DataError, match="unknown BeDKD identify 'oracle'"):
+        make_config(identify="oracle")

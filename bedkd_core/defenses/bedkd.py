@@ -34,10 +34,16 @@ class BeDKDConfig(DefenseConfig):
     temperature_dmm: float = 1.5
     temperature_akd: float = 2.5
     alpha: float = 0.3
+    kl_weight: float = 1.0
+    """Weight of the KL term inside the distillation part (1 in the reference; 0 drops it, an ablation)."""
+    hidden_weight: float = 1.0
+    """Weight of the hidden-state MSE term (1 in the reference; 0 drops it, an ablation)."""
     tau: float = 0.1
     n_poison: int = 32
     max_candidates: int | None = None
     """Faithful: stop scanning the suspect set in file order after this many candidates (128)."""
+    identify: str = "agreement"
+    """`agreement` (the DMM, BeDKD's own) or `random` (n_poison random suspect rows: BeDKD without its DMM)."""
     scan: str = "rank"
     """`file_order` (reference: first candidates under tau, keep n_poison + 1) or `rank` (whole set, ranked)."""
     infer_target: bool = True
@@ -71,17 +77,23 @@ def make_config(*, preset: str = "fixed", **overrides) -> BeDKDConfig:
     unknown = set(overrides) - fields
     if unknown:
         raise DataError(f"unknown BeDKD option(s) {', '.join(sorted(unknown))}: valid are {', '.join(sorted(fields))}")
-    return BeDKDConfig(**{**PRESETS[preset], "preset": preset, **overrides})
+    config = BeDKDConfig(**{**PRESETS[preset], "preset": preset, **overrides})
+    for field, valid in (("identify", ("agreement", "random")), ("scan", ("file_order", "rank"))):
+        if getattr(config, field) not in valid:
+            raise DataError(f"unknown BeDKD {field} {getattr(config, field)!r}: use one of {', '.join(valid)}")
+    return config
 
 
 # ---------------------------------------------------------------- the loss (chapter 4)
 
 def distillation_loss(*, student_logits, teacher_logits, student_hidden, teacher_hidden, labels,
-                      temperature: float, alpha: float, attention_mask=None, sign: int = 1) -> torch.Tensor:
+                      temperature: float, alpha: float, attention_mask=None, sign: int = 1,
+                      kl_weight: float = 1.0, hidden_weight: float = 1.0) -> torch.Tensor:
     """sign · [a·CE(z_s, y) + (1−a)·(KL(softmax(z_t/T) ‖ softmax(z_s/T)) + MSE(h_s, h_t))].
 
     KL is batch-mean with no T² factor, as in the reference code. MSE averages over every position, or over
     real tokens only when `attention_mask` is given. sign=+1 is trust distillation, −1 punish distillation.
+    `kl_weight` and `hidden_weight` (1 in the reference) scale the two distillation terms for ablations.
     """
     ce = F.cross_entropy(student_logits, labels)
     kl = F.kl_div(F.log_softmax(student_logits / temperature, dim=-1), F.softmax(teacher_logits / temperature, dim=-1),
@@ -91,7 +103,7 @@ def distillation_loss(*, student_logits, teacher_logits, student_hidden, teacher
     else:
         mask = attention_mask.unsqueeze(-1).to(student_hidden.dtype)
         mse = ((student_hidden - teacher_hidden) ** 2 * mask).sum() / (mask.sum() * student_hidden.shape[-1])
-    return sign * (alpha * ce + (1 - alpha) * (kl + mse))
+    return sign * (alpha * ce + (1 - alpha) * (kl_weight * kl + hidden_weight * mse))
 
 
 # ---------------------------------------------------------------- batches with a frozen teacher
@@ -141,6 +153,7 @@ def _distill_step(student, optimizer, batch: _Batch, *, temperature: float, conf
         student_logits=out.logits.float(), teacher_logits=teacher_logits, student_hidden=out.hidden_states[-1].float(),
         teacher_hidden=teacher_hidden, labels=batch.labels, temperature=temperature, alpha=config.alpha,
         attention_mask=batch.inputs["attention_mask"] if config.mask_padding else None, sign=sign,
+        kl_weight=config.kl_weight, hidden_weight=config.hidden_weight,
     )
     if sign < 0 and config.punish_bound is not None and -loss.item() > config.punish_bound:
         return loss.item()  # already pushed far enough: no further ascent on this batch
@@ -221,6 +234,11 @@ def identify_poisoned(*, scores: dict, labels, config: BeDKDConfig, reference: d
                       num_classes: int) -> tuple[np.ndarray, dict]:
     """Pick the suspect rows to punish from their agreement scores and given labels (never oracle flags)."""
     labels = np.asarray(labels)
+    if config.identify == "random":  # the ablation without the DMM: as many rows, drawn blindly
+        rows = np.random.default_rng(config.seed).permutation(len(labels))[: config.n_poison]
+        return np.sort(rows).astype(int), {"n_candidates": int(len(labels))}
+    if config.identify != "agreement":
+        raise DataError(f"unknown identification {config.identify!r}: use agreement or random")
     score = scores["score"]
     consistent = scores["teacher_pred"] == labels  # poisoned rows carry the label the backdoor predicts
     info: dict = {"n_under_tau": int((score < config.tau).sum())}
@@ -280,14 +298,16 @@ def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None) -> 
     teacher.eval()
     dmm_clean, akd_clean = split_clean(data.clean, num_classes=data.num_classes, dmm_per_class=config.dmm_per_class,
                                        clean_per_class=config.clean_per_class, seed=config.seed)
-    dmm = train_dmm(teacher, tokenizer, dmm_clean, num_classes=data.num_classes, config=config)
     suspect_texts = list(data.suspect["text"])
-    scores = agreement_scores(teacher, dmm, tokenizer, suspect_texts, max_length=config.max_length)
-    reference = agreement_scores(teacher, dmm, tokenizer, list(akd_clean["text"]), max_length=config.max_length)
-    reference["labels"] = np.asarray(akd_clean["label"])
+    scores = reference = None
+    if config.identify == "agreement":
+        dmm = train_dmm(teacher, tokenizer, dmm_clean, num_classes=data.num_classes, config=config)
+        scores = agreement_scores(teacher, dmm, tokenizer, suspect_texts, max_length=config.max_length)
+        reference = agreement_scores(teacher, dmm, tokenizer, list(akd_clean["text"]), max_length=config.max_length)
+        reference["labels"] = np.asarray(akd_clean["label"])
+        del dmm
     flagged, info = identify_poisoned(scores=scores, labels=data.suspect["label"], config=config, reference=reference,
                                       num_classes=data.num_classes)
-    del dmm
     if len(flagged) == 0:
         warnings.warn("BeDKD found no suspect sample under tau: AKD runs trust distillation only", stacklevel=2)
         info["warning"] = "no sample identified; AKD ran trust-only"
@@ -301,8 +321,9 @@ def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None) -> 
     student, history = akd(teacher, tokenizer, clean=akd_clean, poisoned=identified, config=config, on_epoch=on_epoch)
     details = {"summary": {**info, "n_identified": int(len(flagged)), "final_trust_loss": history[-1]["trust_loss"],
                            "final_punish_loss": history[-1]["punish_loss"]},
-               "scores": {"rows": list(range(len(suspect_texts))), "values": scores["score"].tolist()},
                "history": history}
+    if scores is not None:
+        details["scores"] = {"rows": list(range(len(suspect_texts))), "values": scores["score"].tolist()}
     if curve:
         details["curve"] = curve
     return DefenseResult(model=student, tokenizer=tokenizer, flagged=flagged, details=details)
