@@ -204,8 +204,11 @@ def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none",
         extra = {"curve_fn": _curve_fn(prepared)} if getattr(defense_config, "curve_every", 0) else {}
         result = DEFENSES[defense](victim=prepared.victim, data=defender, config=defense_config, **extra)
         report["seconds"]["defense"] = round(time.perf_counter() - defense_started, 1)
-        report["defended"] = evaluate(result.model, result.tokenizer, clean_test=prepared.clean_test,
-                                      triggered_test=prepared.triggered_test, target_label=prepared.attack.target_label)
+        from .metrics import evaluate_defense  # counts an input filter's rejections (FRR/FAR) or sanitising
+
+        report["defended"] = evaluate_defense(result, clean_test=prepared.clean_test,
+                                              triggered_test=prepared.triggered_test,
+                                              target_label=prepared.attack.target_label)
         if result.flagged is not None:
             report["detection"] = detection_scores(result.flagged, prepared.poisoned.is_poisoned)
         report["defense_details"] = result.details.get("summary", {})

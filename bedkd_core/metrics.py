@@ -48,3 +48,64 @@ def detection_scores(flagged: np.ndarray, is_poisoned: np.ndarray) -> dict:
         "recall": hits / total if total else 0.0,
         "n_flagged": int(len(flagged)),
     }
+
+
+# ---------------------------------------------------------------- inference-time defenses (filters, sanitisers)
+
+def rejection_rates(*, clean_rejected, triggered_rejected) -> dict:
+    """FRR: share of clean inputs rejected. FAR: share of triggered inputs accepted (not rejected)."""
+    clean_rejected = np.asarray(clean_rejected, dtype=bool)
+    triggered_rejected = np.asarray(triggered_rejected, dtype=bool)
+    if not len(clean_rejected) or not len(triggered_rejected):
+        raise ValueError("FRR/FAR of an empty set are undefined")
+    return {"frr": float(clean_rejected.mean()), "far": float(1.0 - triggered_rejected.mean())}
+
+
+def evaluate_defense(result, *, clean_test: Dataset, triggered_test: Dataset, target_label: int,
+                     max_length: int = 128) -> dict:
+    """CACC/ASR of a defended model, counting an inference-time defense's filtering or sanitising.
+
+    - A defense that only returns a model: exactly `evaluate` ({"cacc", "asr"}).
+    - `result.details["sanitize"]` (ONION): inputs are rewritten before classification; CACC and ASR are on
+      the rewritten inputs. Nothing is rejected, so there is no FRR/FAR.
+    - `result.reject` (STRIP, RAP): a rejected input gets no prediction.
+      * CACC is accuracy over the ACCEPTED clean inputs; FRR (share of clean inputs rejected) is reported
+        beside it, together with `cacc_all` = correct-and-accepted / all clean inputs (a rejection as an error).
+      * ASR counts a rejected triggered input as an attack failure: (accepted and classified as the target) /
+        all triggered non-target inputs. FAR is the share of triggered non-target inputs accepted.
+    - `result.details["eval_rows"]` = N evaluates only the first N rows of each test set (they are random
+      subsets already); `n_clean` / `n_triggered` record what was evaluated.
+    """
+    limit = (result.details or {}).get("eval_rows")
+    if limit:
+        clean_test = clean_test.select(range(min(int(limit), len(clean_test))))
+        triggered_test = triggered_test.select(range(min(int(limit), len(triggered_test))))
+    clean_texts, trig_texts = list(clean_test["text"]), list(triggered_test["text"])
+    source = np.asarray(triggered_test["source_label"])
+    keep = source != target_label
+    if not keep.any():
+        raise ValueError("no non-target rows in the triggered set: ASR is undefined")
+    sanitize = (result.details or {}).get("sanitize")
+    if sanitize is not None:
+        clean_texts, trig_texts = list(sanitize(clean_texts)), list(sanitize(trig_texts))
+    clean_pred = predict_proba(result.model, result.tokenizer, clean_texts, max_length=max_length).argmax(1)
+    trig_pred = predict_proba(result.model, result.tokenizer, trig_texts, max_length=max_length).argmax(1)
+    labels = np.asarray(clean_test["label"])
+    out: dict = {}
+    if result.reject is None:
+        out = {"cacc": accuracy(clean_pred, labels),
+               "asr": attack_success_rate(trig_pred, target_label=target_label, source_labels=source)}
+    else:
+        clean_rejected = np.asarray(result.reject(clean_texts), dtype=bool)
+        trig_rejected = np.asarray(result.reject(trig_texts), dtype=bool)
+        accepted = ~clean_rejected
+        correct = clean_pred == labels
+        out = {
+            "cacc": float(correct[accepted].mean()) if accepted.any() else float("nan"),
+            "asr": float(((trig_pred == target_label) & ~trig_rejected)[keep].mean()),
+            **rejection_rates(clean_rejected=clean_rejected, triggered_rejected=trig_rejected[keep]),
+            "cacc_all": float((correct & accepted).mean()),
+        }
+    if limit or sanitize is not None or result.reject is not None:
+        out.update(n_clean=len(clean_texts), n_triggered=int(keep.sum()))
+    return out

@@ -1,0 +1,281 @@
+"""`bedkd compare`: one cached victim, several defenses on it, one table (CSV, JSON and Markdown).
+
+Every defense gets the same defender data as `run_experiment` gives BeDKD: the clean pool and the suspect
+training set without poison flags. Columns:
+
+- CACC / ASR after the defense. For input filters (STRIP, RAP) CACC is over accepted clean inputs and a
+  rejected triggered input counts as an attack failure; FRR (clean inputs rejected) and FAR (triggered inputs
+  accepted) are reported beside them (see `metrics.evaluate_defense`). ONION's inputs are sanitised.
+- Detection precision / recall of the suspect rows a defense flags (BeDKD, CUBE), against the oracle flags.
+- Defender data used (rows of the clean, suspect and dev sets), and wall time of the defense and of its
+  evaluation. A defense that cannot run here (ONION without a causal LM) is a row with status "not run: …".
+
+Usage: `bedkd compare --dataset sst2 --attack badnets --defenses bedkd,finetune,strip --scale quick --out DIR`,
+or `python -m bedkd_core.compare ...`, or `compare(...)` from Python.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from .attacks import ATTACKS, AttackConfig
+from .data import NUM_CLASSES, DataError
+from .defenses import DEFENSES, KINDS, NotRunnable, check_defense_data, config_fields, make_defense_config
+from .defenses.base import DefenderData, defender_view
+from .experiments import clean_floor, get_scale, prepare, provenance, write_json_atomic
+from .metrics import detection_scores, evaluate, evaluate_defense
+
+COLUMNS = ["defense", "kind", "status", "cacc", "asr", "frr", "far", "det_precision", "det_recall", "n_flagged",
+           "clean_rows", "suspect_rows", "dev_rows", "eval_clean", "eval_triggered", "defense_s", "eval_s"]
+
+
+def parse_defenses(text: str | list[str]) -> list[str]:
+    """Defense names from "a,b,c" (or a list), in order, without repeats; unknown names raise a DataError."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    unknown = [n for n in names if n not in DEFENSES]
+    if unknown:
+        raise DataError(f"unknown defense(s) {', '.join(map(repr, unknown))}: valid are {', '.join(DEFENSES)}")
+    if not names:
+        raise DataError(f"no defense given: choose from {', '.join(DEFENSES)}")
+    return list(dict.fromkeys(names))
+
+
+def parse_settings(items: list[str] | None, names: list[str]) -> dict[str, dict]:
+    """`--set NAME.FIELD=VALUE` items → {name: {field: typed value}}; errors name the bad item."""
+    options: dict[str, dict] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        name, dot, field = key.partition(".")
+        if not sep or not dot:
+            raise DataError(f"--set {item!r}: use DEFENSE.FIELD=VALUE, e.g. strip.repeat=10")
+        if name not in names:
+            raise DataError(f"--set {item!r}: defense {name!r} is not among --defenses ({', '.join(names)})")
+        fields = config_fields(name)
+        if field not in fields:
+            raise DataError(f"--set {item!r}: {name} has no option {field!r}; valid are {', '.join(sorted(fields))}")
+        try:
+            options.setdefault(name, {})[field] = fields[field](value)
+        except ValueError as err:
+            raise DataError(f"--set {item!r}: {err}") from None
+    return options
+
+
+def _fingerprint(model) -> float:
+    """A cheap checksum of a model's weights, to prove a defense left the victim untouched."""
+    with torch.no_grad():
+        return float(sum(p.double().abs().sum().item() for p in model.parameters()))
+
+
+def _row(name: str, status: str = "done", **values) -> dict:
+    row = {c: None for c in COLUMNS}
+    row.update(defense=name, kind=KINDS.get(name, name), status=status, **values)
+    return row
+
+
+def compare(*, dataset: str, attack: AttackConfig, defenses: str | list[str], scale: str | None = None,
+            model: str | None = None, seed: int = 0, out: str | Path | None = None,
+            options: dict[str, dict] | None = None, with_floor: bool = True, log=print) -> dict:
+    """Run every defense on one victim; return (and with `out`, write) {"rows": [...], ...}."""
+    started = time.perf_counter()
+    run_provenance = provenance()
+    names = parse_defenses(defenses)
+    scale_name = get_scale(scale).name
+    options = options or {}
+    configs = {n: make_defense_config(n, scale=scale_name, **dict(options.get(n, {}))) for n in names}
+    prepared = prepare(dataset=dataset, attack=attack, scale=scale_name, model=model, seed=seed)
+    defender = DefenderData(clean=prepared.clean_pool.select_columns(["text", "label"]),
+                            suspect=defender_view(prepared.poisoned.data), num_classes=prepared.splits.num_classes)
+    for n in names:
+        check_defense_data(n, configs[n], defender)  # fail before any defense runs, naming the defense
+    target = prepared.attack.target_label
+    victim = prepared.victim
+    victim_sum = _fingerprint(victim.model)
+    tests = dict(clean_test=prepared.clean_test, triggered_test=prepared.triggered_test, target_label=target)
+
+    t0 = time.perf_counter()
+    victim_metrics = evaluate(victim.model, victim.tokenizer, **tests)
+    rows = [_row("none", cacc=victim_metrics["cacc"], asr=victim_metrics["asr"], eval_s=time.perf_counter() - t0,
+                 eval_clean=len(prepared.clean_test), eval_triggered=len(prepared.triggered_test),
+                 clean_rows=0, suspect_rows=0, dev_rows=0, defense_s=0.0)]
+    rows[0]["kind"] = "no defense (the victim)"
+    log(f"[compare] victim: CACC {victim_metrics['cacc']:.3f} ASR {victim_metrics['asr']:.3f}")
+    floor = None
+    if with_floor:
+        floor = clean_floor(prepared)
+        log(f"[compare] clean-model floor: CACC {floor['cacc']:.3f} ASR {floor['asr']:.3f}")
+    details = {}
+    for n in names:
+        if n == "none":
+            continue
+        log(f"[compare] {n} ...")
+        t0 = time.perf_counter()
+        try:
+            result = DEFENSES[n](victim=victim, data=defender, config=configs[n])
+            defense_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            metrics = evaluate_defense(result, **tests)
+            eval_s = time.perf_counter() - t0
+        except NotRunnable as err:
+            rows.append(_row(n, status=f"not run: {err}"))
+            log(f"[compare] {n}: not run ({err})")
+            continue
+        except Exception as err:  # one broken defense must not cost the others' (long) runs
+            traceback.print_exc()
+            rows.append(_row(n, status=f"failed: {type(err).__name__}: {err}"))
+            log(f"[compare] {n}: FAILED ({type(err).__name__}: {err})")
+            continue
+        if _fingerprint(victim.model) != victim_sum:
+            raise RuntimeError(f"defense {n!r} modified the victim in place")
+        summary = result.details.get("summary", {})
+        used = summary.get("defender_rows", {})
+        if n == "bedkd":  # BeDKD's own summary predates `defender_rows`: its budget is its config's
+            c = configs[n]
+            used = {"clean": (c.dmm_per_class + c.clean_per_class) * defender.num_classes, "suspect": len(defender.suspect),
+                    "dev": 0}
+        det = detection_scores(result.flagged, prepared.poisoned.is_poisoned) if result.flagged is not None else {}
+        row = _row(n, cacc=metrics["cacc"], asr=metrics["asr"], frr=metrics.get("frr"), far=metrics.get("far"),
+                   det_precision=det.get("precision"), det_recall=det.get("recall"), n_flagged=det.get("n_flagged"),
+                   clean_rows=used.get("clean"), suspect_rows=used.get("suspect"), dev_rows=used.get("dev"),
+                   eval_clean=metrics.get("n_clean", len(prepared.clean_test)),
+                   eval_triggered=metrics.get("n_triggered", len(prepared.triggered_test)),
+                   defense_s=defense_s, eval_s=eval_s)
+        rows.append(row)
+        details[n] = {"summary": _jsonable(summary), "metrics": metrics}
+        extra = "".join(f" {k.upper()} {metrics[k]:.3f}" for k in ("frr", "far") if k in metrics)
+        log(f"[compare] {n}: CACC {metrics['cacc']:.3f} ASR {metrics['asr']:.3f}{extra} "
+            f"({defense_s:.0f} s + {eval_s:.0f} s eval)")
+        del result
+    table = {
+        "dataset": dataset, "attack": prepared.attack.asdict(), "scale": scale_name, "seed": seed,
+        "model": prepared.victim_config.model, "victim_config": prepared.victim_config.asdict(),
+        "victim_from_cache": victim.from_cache, "clean_floor": floor,
+        "sizes": {"victim_train": len(prepared.poisoned.data), "poisoned_rows": prepared.poisoned.poison_count,
+                  "clean_pool": len(defender.clean), "clean_test": len(prepared.clean_test),
+                  "triggered_test": len(prepared.triggered_test)},
+        "defenses": {n: {"name": n, **configs[n].asdict()} for n in names},
+        "columns": COLUMNS, "rows": rows, "details": details,
+        "seconds_total": round(time.perf_counter() - started, 1), "provenance": run_provenance,
+    }
+    if out:
+        write_tables(table, Path(out))
+    return table
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _fmt(value, column: str) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.1f}" if column.endswith("_s") else f"{value:.3f}"
+    return str(value)
+
+
+def to_markdown(table: dict) -> str:
+    head = (f"# Defense comparison: {table['dataset']} · {table['attack']['name']} · {table['scale']} · "
+            f"seed {table['seed']}\n\n")
+    cols = table["columns"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in table["rows"]:
+        lines.append("| " + " | ".join(_fmt(row[c], c).replace("|", "/") for c in cols) + " |")
+    notes = ["", "CACC of an input filter is over accepted clean inputs; its ASR counts a rejected triggered input "
+             "as an attack failure; FRR = clean inputs rejected, FAR = triggered inputs accepted. "
+             "clean/suspect/dev_rows = defender rows the defense used; eval_* = test rows evaluated."]
+    if table.get("clean_floor"):
+        f = table["clean_floor"]
+        notes.append(f"Clean-model floor (same rows, no poison): CACC {f['cacc']:.3f}, ASR {f['asr']:.3f}.")
+    notes.append(f"Total wall time {table['seconds_total']:.0f} s on {table['provenance']['device']}; "
+                 f"commit {table['provenance']['git_commit']}.")
+    return head + "\n".join(lines) + "\n" + "\n\n".join(notes) + "\n"
+
+
+def to_csv(table: dict) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=table["columns"])
+    writer.writeheader()
+    for row in table["rows"]:
+        writer.writerow({c: ("" if row[c] is None else row[c]) for c in table["columns"]})
+    return buffer.getvalue()
+
+
+def write_tables(table: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "compare.json", table)
+    (out / "compare.csv").write_text(to_csv(table))
+    (out / "compare.md").write_text(to_markdown(table))
+
+
+# ---------------------------------------------------------------- command line
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `compare` sub-command to an argparse subparsers object; dispatch with `main_args(args)`."""
+    p = subparsers.add_parser("compare", help="run several defenses on one cached victim; write one table",
+                              description=__doc__.split("\n\n")[0])
+    _fill(p)
+    return p
+
+
+def _fill(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help=f"{', '.join(NUM_CLASSES)} or a folder with train/dev/test files")
+    p.add_argument("--attack", required=True, help=f"one of {', '.join(ATTACKS)}")
+    p.add_argument("--defenses", required=True, help=f"comma-separated, from: {', '.join(DEFENSES)}")
+    p.add_argument("--scale", choices=["quick", "full"], default=None, help="default: $BEDKD_SCALE or quick")
+    p.add_argument("--model", default=None, help="hub id or local folder (default: $BEDKD_MODEL or minilm)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for compare.csv, compare.json, compare.md")
+    p.add_argument("--no-floor", action="store_true", help="skip the clean-model floor row")
+    p.add_argument("--set", action="append", default=None, metavar="DEFENSE.FIELD=VALUE",
+                   help="override one defense option, e.g. strip.repeat=10 (repeatable)")
+    p.add_argument("--poison-rate", type=float, default=None)
+    p.add_argument("--target-label", type=int, default=None)
+    p.add_argument("--label-mode", choices=["dirty", "clean"], default="dirty")
+
+
+def main_args(args: argparse.Namespace) -> int:
+    """Run a parsed `compare` command: 0, or 2 on a DataError (message on stderr), or 1 if a defense failed."""
+    try:
+        names = parse_defenses(args.defenses)
+        options = parse_settings(args.set, names)
+        attack = AttackConfig(name=args.attack, poison_rate=args.poison_rate, target_label=args.target_label,
+                              label_mode=args.label_mode)
+        table = compare(dataset=args.dataset, attack=attack, defenses=names, scale=args.scale, model=args.model,
+                        seed=args.seed, out=args.out, options=options, with_floor=not args.no_floor)
+    except DataError as err:
+        print(f"bedkd: error: {err}", file=sys.stderr)
+        return 2
+    print()
+    print(to_markdown(table))
+    print(f"tables: {args.out}/compare.{{csv,json,md}}")
+    failed = [r["defense"] for r in table["rows"] if str(r["status"]).startswith("failed")]
+    if failed:
+        print(f"bedkd: error: defense(s) failed: {', '.join(failed)} (tracebacks above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bedkd compare", description=__doc__.split("\n\n")[0])
+    _fill(parser)
+    return main_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

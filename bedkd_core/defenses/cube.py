@@ -1,0 +1,128 @@
+"""CUBE (Cui et al., NeurIPS 2022): cluster the training set in the backdoored model's feature space, drop the
+outlier clusters, retrain on the rest.
+
+1. Embed every suspect training row with a model trained on the poisoned set: the last layer's [CLS] hidden
+   state. CUBE trains such an encoder itself; the victim is one (same data, same recipe), so it is reused.
+   Poisoned rows share the trigger and so land together, apart from the genuine rows of the label they carry.
+2. Reduce the dimension and cluster all rows at once with HDBSCAN. OpenBackdoor's CUBE reduces with PCA (20)
+   then UMAP (2 dimensions); this port uses PCA alone (`components` dimensions of standardised features),
+   because umap-learn drags in numba. HDBSCAN is scikit-learn's (`sklearn.cluster.HDBSCAN`); its noise points
+   form one more group.
+3. Per given label, as in CUBE's reference filtering: keep the largest cluster among that label's rows, and drop
+   every other cluster of that label holding fewer than half of the label's rows.
+4. Retrain a fresh model from the backbone (the victim's own `VictimConfig`: same model, epochs, learning rate)
+   on the kept rows. `flagged` are the dropped rows (detection precision/recall in the reports).
+
+Uses the suspect set only (no clean rows).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data import DataError
+from ..victim import VictimConfig, load_classifier, seed_everything, train_classifier
+from ._common import cls_embeddings, rows_summary
+from .base import DefenderData, DefenseConfig, DefenseResult
+
+
+@dataclass(frozen=True)
+class CUBEConfig(DefenseConfig):
+    components: int = 10
+    """PCA dimensions before clustering (CUBE's UMAP uses 10)."""
+    min_cluster_size: int = 0
+    """HDBSCAN's min_cluster_size; 0 = 2% of the suspect rows (at least 10)."""
+    min_samples: int = 0
+    """HDBSCAN's min_samples; 0 = min(100, 5% of the suspect rows) (CUBE's reference uses 100)."""
+    drop_share: float = 0.5
+    """Drop a non-largest cluster of a label only if it holds fewer than this share of the label's rows."""
+    retrain: bool = True
+    retrain_epochs: int | None = None
+    """None = the victim's own epochs."""
+    backbone: str | None = None
+    """None = the victim's backbone (its `VictimConfig.model`)."""
+    max_length: int = 128
+    seed: int = 0
+
+
+PRESETS = {"full": {}, "quick": {}}
+"""At quick scale the suspect set is the quick train split (2,000 rows), so the presets coincide."""
+
+
+def check(data: DefenderData, config: CUBEConfig) -> None:
+    if len(data.suspect) < 20:
+        raise DataError(f"defense 'cube' clusters the suspect training set: it needs at least 20 rows, got {len(data.suspect)}")
+    try:
+        from sklearn.cluster import HDBSCAN  # noqa: F401
+    except ImportError:
+        raise DataError("defense 'cube' needs scikit-learn >= 1.3 (sklearn.cluster.HDBSCAN): "
+                        "pip install scikit-learn") from None
+
+
+def cluster(features: np.ndarray, *, config: CUBEConfig) -> np.ndarray:
+    """HDBSCAN cluster ids (−1 = noise) of standardised, PCA-reduced features."""
+    from sklearn.cluster import HDBSCAN
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    n = len(features)
+    reduced = StandardScaler().fit_transform(features)
+    reduced = PCA(n_components=min(config.components, reduced.shape[1], n), random_state=config.seed).fit_transform(reduced)
+    min_cluster = config.min_cluster_size or max(10, int(0.02 * n))
+    min_samples = config.min_samples or max(2, min(100, int(0.05 * n)))
+    return HDBSCAN(min_cluster_size=min_cluster, min_samples=min_samples, copy=True).fit_predict(reduced)
+
+
+def filter_clusters(labels, clusters, *, drop_share: float = 0.5) -> np.ndarray:
+    """Rows to drop: per label, every cluster but the largest holding fewer than `drop_share` of the label's rows."""
+    labels, clusters = np.asarray(labels), np.asarray(clusters)
+    dropped = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        ids, counts = np.unique(clusters[rows], return_counts=True)
+        if len(ids) < 2:
+            continue
+        largest = ids[np.argmax(counts)]
+        for cid, count in zip(ids, counts):
+            if cid != largest and count < drop_share * len(rows):
+                dropped += rows[clusters[rows] == cid].tolist()
+    return np.asarray(sorted(dropped), dtype=int)
+
+
+def cube_filter(victim, data: DefenderData, config: CUBEConfig) -> tuple[np.ndarray, dict]:
+    """The suspect rows CUBE drops, and a summary of the clustering."""
+    check(data, config)
+    features = cls_embeddings(victim.model, victim.tokenizer, list(data.suspect["text"]), max_length=config.max_length)
+    clusters = cluster(features, config=config)
+    dropped = filter_clusters(data.suspect["label"], clusters, drop_share=config.drop_share)
+    ids, counts = np.unique(clusters, return_counts=True)
+    info = {"n_clusters": int((ids >= 0).sum()), "cluster_sizes": {str(int(i)): int(c) for i, c in zip(ids, counts)},
+            "n_dropped": int(len(dropped))}
+    return dropped, info
+
+
+def cube(*, victim, data: DefenderData, config: CUBEConfig) -> DefenseResult:
+    """Drop CUBE's outlier clusters from the suspect set and retrain a fresh model on the rest."""
+    check(data, config)
+    base: VictimConfig | None = getattr(victim, "config", None)
+    backbone = config.backbone or (base.model if base is not None else None)
+    if backbone is None:
+        raise DataError("defense 'cube' retrains from the backbone: give `backbone` (the victim's config is unknown)")
+    dropped, info = cube_filter(victim, data, config)
+    keep = np.setdiff1d(np.arange(len(data.suspect)), dropped)
+    kept = data.suspect.select(keep.tolist())
+    summary = {"defender_rows": rows_summary(suspect=len(data.suspect)), **info, "n_kept": int(len(keep))}
+    if not config.retrain:
+        return DefenseResult(model=victim.model, tokenizer=victim.tokenizer, flagged=dropped,
+                             details={"summary": {**summary, "retrained": False}})
+    train_config = dataclasses.replace(base or VictimConfig(), model=backbone, seed=config.seed,
+                                       max_length=config.max_length)
+    if config.retrain_epochs is not None:
+        train_config = dataclasses.replace(train_config, epochs=config.retrain_epochs)
+    seed_everything(train_config.seed)
+    model, tokenizer = load_classifier(backbone, num_labels=data.num_classes)
+    train_classifier(model, tokenizer, kept, config=train_config, desc="CUBE retrain")
+    summary.update(retrained=True, retrain=train_config.asdict())
+    return DefenseResult(model=model.eval(), tokenizer=tokenizer, flagged=dropped, details={"summary": summary})

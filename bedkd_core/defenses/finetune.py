@@ -1,0 +1,46 @@
+"""FT: fine-tune the backdoored model on the defender's clean budget, nothing else.
+
+The simplest post-training repair and the ablation of fine-pruning and NAD: clean fine-tuning alone often
+leaves a word-trigger backdoor in place, because nothing in the clean data exercises the trigger.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..victim import seed_everything
+from ._common import copy_model, fine_tune, per_class_rows, require_clean, rows_summary
+from .base import DefenderData, DefenseConfig, DefenseResult
+
+
+@dataclass(frozen=True)
+class FineTuneConfig(DefenseConfig):
+    """Fine-tuning on `clean_per_class` clean rows per class (BeDKD's AKD trust set is 320 per class)."""
+
+    clean_per_class: int = 320
+    epochs: int = 10
+    learning_rate: float = 3e-5
+    batch_size: int = 16
+    max_length: int = 128
+    seed: int = 42
+
+
+PRESETS = {"full": {}, "quick": dict(clean_per_class=128, epochs=6)}
+"""quick matches BeDKD's quick preset (128 clean rows per class in AKD, 6 epochs)."""
+
+
+def check(data: DefenderData, config: FineTuneConfig) -> None:
+    require_clean(data, per_class=config.clean_per_class, defense="finetune", purpose="fine-tuning")
+
+
+def finetune(*, victim, data: DefenderData, config: FineTuneConfig) -> DefenseResult:
+    """A deep copy of the victim fine-tuned on `clean_per_class` rows per class of `data.clean`."""
+    check(data, config)
+    rows = per_class_rows(data.clean["label"], per_class=config.clean_per_class, num_classes=data.num_classes,
+                          seed=config.seed, defense="finetune", purpose="fine-tuning")
+    clean = data.clean.select(rows)
+    seed_everything(config.seed)
+    model = copy_model(victim.model)
+    fine_tune(model, victim.tokenizer, clean, epochs=config.epochs, learning_rate=config.learning_rate,
+              batch_size=config.batch_size, max_length=config.max_length, seed=config.seed, desc="FT")
+    summary = {"defender_rows": rows_summary(clean=len(rows)), "epochs": config.epochs}
+    return DefenseResult(model=model.eval(), tokenizer=victim.tokenizer, details={"summary": summary})
