@@ -5,10 +5,10 @@ import argparse
 import dataclasses
 import sys
 
-from . import grading, student, sweep
+from . import compare, grading, student, sweep
 from .attacks import ATTACKS, AttackConfig
 from .data import NUM_CLASSES, DataError
-from .defenses import DEFENSES
+from .defenses import BASELINES, DEFENSES, cli_options, options_for
 from .defenses.bedkd import PRESETS, BeDKDConfig
 
 BEDKD_OPTIONS = {  # CLI flag → (config field, type)
@@ -46,6 +46,19 @@ def _add_bedkd_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, dest=field, type=kind, default=None, help=f"default {default}{extra}")
     for flag, field in BEDKD_SWITCHES.items():
         group.add_argument(flag, dest=f"off_{field}", action="store_true", help=f"turn off {field}")
+
+
+def _add_baseline_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("baseline defense options (defaults: the defense's, by scale)")
+    taken = {field for field, _ in BEDKD_OPTIONS.values()}
+    for flag, field, kind, help_text, users in cli_options():
+        if field not in taken:
+            group.add_argument(flag, dest=field, type=kind, default=None, help=f"{help_text} ({', '.join(users)})")
+
+
+def _baseline_options(args, name: str) -> dict:
+    fields = {field for _, field, _, _, _ in cli_options()}
+    return options_for(name, {field: getattr(args, field, None) for field in fields})
 
 
 def _bedkd_options(args) -> dict:
@@ -88,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--negative-rate", type=float, default=AttackConfig.negative_rate)
     attack.add_argument("--poison-dir", default=None, help="--attack file: folder with train.jsonl, test_poisoned.jsonl")
     _add_bedkd_options(run)
+    _add_baseline_options(run)
 
     defend = sub.add_parser("defend", help="defend a model you bring (HF folder with safetensors) with BeDKD")
     defend.add_argument("--victim", required=True)
@@ -100,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     grading.add_parser(sub)  # bedkd grade NOTEBOOK [--json]
     student.add_parser(sub)  # bedkd student-copies [--out DIR] [--root BOOK] [--check]
 
+    compare.add_parser(sub)  # bedkd compare --dataset D --attack A --defenses bedkd,finetune,... --out DIR
     sweep.add_parser(sub)  # bedkd sweep --grid NAME --out results/ [--status] [--backend ray] ...
 
     download = sub.add_parser("download", help="fetch the datasets from their public sources and verify sha256")
@@ -128,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "sweep":
         return sweep.main(args)  # handles its own errors and exit codes
+    if args.command == "compare":
+        return compare.main_args(args)
     try:
         if args.command == "run":
             from .experiments import run_experiment
@@ -137,7 +154,13 @@ def main(argv: list[str] | None = None) -> int:
                                   trigger_sentence=args.trigger_sentence, sos_triggers=args.sos_triggers,
                                   negative_rate=args.negative_rate, poison_dir=args.poison_dir)
             options = _bedkd_options(args)
-            if options and args.defense != "bedkd":
+            if args.defense in BASELINES:
+                baseline = _baseline_options(args, args.defense)
+                stray = sorted(set(options) - set(baseline))
+                if stray:
+                    raise DataError(f"BeDKD options ({', '.join(stray)}) were given but --defense is {args.defense}")
+                options = baseline
+            elif options and args.defense != "bedkd":
                 raise DataError(f"BeDKD options ({', '.join(options)}) were given but --defense is {args.defense}")
             report = run_experiment(dataset=args.dataset, attack=config, defense=args.defense, defense_options=options,
                                     scale=args.scale, model=args.model, seed=args.seed, out=args.out,

@@ -10,7 +10,7 @@ from bedkd_core import cli
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "imdb", "--attack", "badnets"], "unknown dataset 'imdb': use one of sst2, olid, agnews"),
     (["--dataset", "sst2", "--attack", "ripples"], "unknown attack 'ripples': use one of badnets, addsent, synbkd"),
-    (["--dataset", "sst2", "--attack", "badnets", "--defense", "onion"], "unknown defense 'onion': use one of none, bedkd"),
+    (["--dataset", "sst2", "--attack", "badnets", "--defense", "onion2"], "unknown defense .onion2.: use one of none, bedkd"),
     (["--dataset", "sst2", "--attack", "badnets", "--target-label", "7"], "target label 7 does not exist"),
     (["--dataset", "sst2", "--attack", "badnets", "--poison-rate", "0"], r"poison rate 0.0 is outside \(0, 1\)"),
     (["--dataset", "sst2", "--attack", "badnets", "--tau", "0.2"], "BeDKD options \\(tau\\) were given but --defense is none"),
