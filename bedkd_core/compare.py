@@ -112,6 +112,16 @@ def compare(*, dataset: str, attack: AttackConfig, defenses: str | list[str], sc
         floor = clean_floor(prepared)
         log(f"[compare] clean-model floor: CACC {floor['cacc']:.3f} ASR {floor['asr']:.3f}")
     details = {}
+    table = {
+        "dataset": dataset, "attack": prepared.attack.asdict(), "scale": scale_name, "seed": seed,
+        "model": prepared.victim_config.model, "victim_config": prepared.victim_config.asdict(),
+        "victim_from_cache": victim.from_cache, "clean_floor": floor,
+        "sizes": {"victim_train": len(prepared.poisoned.data), "poisoned_rows": prepared.poisoned.poison_count,
+                  "clean_pool": len(defender.clean), "clean_test": len(prepared.clean_test),
+                  "triggered_test": len(prepared.triggered_test)},
+        "defenses": {n: {"name": n, **configs[n].asdict()} for n in names},
+        "columns": COLUMNS, "rows": rows, "details": details, "complete": False, "provenance": run_provenance,
+    }
     for n in names:
         if n == "none":
             continue
@@ -153,17 +163,10 @@ def compare(*, dataset: str, attack: AttackConfig, defenses: str | list[str], sc
         log(f"[compare] {n}: CACC {metrics['cacc']:.3f} ASR {metrics['asr']:.3f}{extra} "
             f"({defense_s:.0f} s + {eval_s:.0f} s eval)")
         del result
-    table = {
-        "dataset": dataset, "attack": prepared.attack.asdict(), "scale": scale_name, "seed": seed,
-        "model": prepared.victim_config.model, "victim_config": prepared.victim_config.asdict(),
-        "victim_from_cache": victim.from_cache, "clean_floor": floor,
-        "sizes": {"victim_train": len(prepared.poisoned.data), "poisoned_rows": prepared.poisoned.poison_count,
-                  "clean_pool": len(defender.clean), "clean_test": len(prepared.clean_test),
-                  "triggered_test": len(prepared.triggered_test)},
-        "defenses": {n: {"name": n, **configs[n].asdict()} for n in names},
-        "columns": COLUMNS, "rows": rows, "details": details,
-        "seconds_total": round(time.perf_counter() - started, 1), "provenance": run_provenance,
-    }
+        if out:  # a partial table after every defense: a long run killed half-way keeps what it measured
+            table["seconds_total"] = round(time.perf_counter() - started, 1)
+            write_tables(table, Path(out))
+    table.update(complete=True, seconds_total=round(time.perf_counter() - started, 1))
     if out:
         write_tables(table, Path(out))
     return table
@@ -202,7 +205,9 @@ def to_markdown(table: dict) -> str:
     if table.get("clean_floor"):
         f = table["clean_floor"]
         notes.append(f"Clean-model floor (same rows, no poison): CACC {f['cacc']:.3f}, ASR {f['asr']:.3f}.")
-    notes.append(f"Total wall time {table['seconds_total']:.0f} s on {table['provenance']['device']}; "
+    if not table.get("complete", True):
+        notes.append("PARTIAL: the run had not finished every defense when this table was written.")
+    notes.append(f"Total wall time {table.get('seconds_total', 0):.0f} s on {table['provenance']['device']}; "
                  f"commit {table['provenance']['git_commit']}.")
     return head + "\n".join(lines) + "\n" + "\n\n".join(notes) + "\n"
 

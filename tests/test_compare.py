@@ -88,7 +88,7 @@ def test_quick_compare_on_the_cached_victim_writes_one_table(tmp_path):
     assert rows["none"]["asr"] >= 0.9 and rows["none"]["frr"] is None
     assert rows["finetune"]["clean_rows"] == 32 and rows["finetune"]["frr"] is None
     strip = rows["strip"]
-    assert strip["status"] == "done" and strip["frr"] <= 0.05 and strip["far"] < 1.0
+    assert strip["status"] == "done" and strip["frr"] <= 0.05 and 0.0 <= strip["far"] <= 1.0
     assert strip["asr"] <= rows["none"]["asr"] and strip["eval_clean"] == table["sizes"]["clean_test"]
     assert rows["onion"]["status"].startswith("not run: onion not run: needs a causal LM")
     assert rows["onion"]["cacc"] is None
