@@ -183,12 +183,12 @@ def test_unknown_grid_name_lists_the_grids():
 
 def test_requires_turns_an_invalid_entry_into_reported_unsupported_cells(tmp_path, capsys):
     text = SMALL_GRID + "  - {label: dup, name: dup, requires: a DUP defense in DEFENSES}\n" \
-                        "  - {label: bedkd-nohid, name: bedkd, options: {hidden_weight: 0.0}, requires: hidden_weight}\n"
+                        "  - {label: bedkd-nohid, name: bedkd, options: {no_such_weight: 0.0}, requires: no_such_weight}\n"
     grid = load_grid(write_grid(tmp_path, text))
     unsupported = {c.defense: c.unsupported for c in grid.cells if c.unsupported}
     assert set(unsupported) == {"dup", "bedkd-nohid"}
     assert "defense 'dup' requires a DUP defense in DEFENSES: unknown defense 'dup'" in unsupported["dup"]
-    assert "unknown BeDKD option(s) hidden_weight" in unsupported["bedkd-nohid"]
+    assert "unknown BeDKD option(s) no_such_weight" in unsupported["bedkd-nohid"]
     runner = FakeRunner()
     result = run_sweep(grid, tmp_path / "out", runner=runner, progress=False)
     assert len(runner.ran) == 4 and not any("dup" in c or "nohid" in c for c in runner.ran)
