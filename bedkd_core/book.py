@@ -71,6 +71,39 @@ def results_frame(grid: str, *, expected: list[tuple[str, str, str]] | None = No
     return frame
 
 
+def victims_frame(*, scale: str, datasets: list[str], attacks: list[str], seed: int = 0) -> pd.DataFrame:
+    """One row per (dataset, attack): the victim's CACC/ASR (and clean floor) at `scale` with default settings.
+
+    A victim does not depend on the defense run on it, so any grid's report of that cell serves, as long as its
+    attack settings are the attack's defaults; a report that also measured the floor is preferred.
+    Pairs with no such report have status "not yet run".
+    """
+    from .attacks import AttackConfig
+
+    found = {}
+    for grid in sorted(p.name for p in RESULTS_DIR.iterdir() if p.is_dir()) if RESULTS_DIR.is_dir() else []:
+        for r in load_reports(grid):
+            dataset, attack = r["cell"]["dataset"], (r.get("attack") or {}).get("name")
+            if (r.get("scale") != scale or r.get("seed") != seed or dataset not in datasets or attack not in attacks
+                    or r["attack"] != AttackConfig(name=attack).resolved(dataset).asdict()):
+                continue
+            if (dataset, attack) not in found or (r.get("clean_floor") and not found[dataset, attack].get("clean_floor")):
+                found[dataset, attack] = {**r, "grid": grid}
+    rows = []
+    for dataset in datasets:
+        for attack in attacks:
+            r = found.get((dataset, attack))
+            if r is None:
+                rows.append({"dataset": dataset, "attack": attack, "status": NOT_RUN})
+                continue
+            prov = r.get("provenance", {})
+            rows.append({"dataset": dataset, "attack": attack, "status": "done", "victim_cacc": r["victim"]["cacc"],
+                         "victim_asr": r["victim"]["asr"], "floor_asr": (r.get("clean_floor") or {}).get("asr"),
+                         "victim_seconds": r["seconds"].get("victim"), "grid": r["grid"], "device": prov.get("device"),
+                         "commit": prov.get("git_commit"), "date": prov.get("date"), "scale": r.get("scale")})
+    return pd.DataFrame(rows)
+
+
 def provenance_note(frame: pd.DataFrame) -> str:
     """One line saying which commits, devices and dates produced the finished rows of a results frame."""
     done = frame[frame["status"] == "done"] if "status" in frame else frame

@@ -39,3 +39,24 @@ def test_check_setup_gives_one_readable_line(monkeypatch, tmp_path):
     monkeypatch.setenv("BEDKD_DATA", str(tmp_path))
     with pytest.raises(SystemExit, match="does not hold the datasets"):
         book.check_setup()
+
+
+def test_victims_frame_takes_default_victims_from_any_grid_and_prefers_a_floor(results):
+    from bedkd_core.attacks import AttackConfig
+
+    def write(grid, defense, attack_config, floor):
+        cell = book.cell_dir(grid=grid, dataset="sst2", attack="badnets", defense=defense)
+        cell.mkdir(parents=True)
+        report = json.loads((book.cell_dir(grid="full", dataset="sst2", attack="badnets", defense="bedkd-fixed")
+                             / "report.json").read_text())
+        report.update(dataset="sst2", seed=0, attack=attack_config.resolved("sst2").asdict(), clean_floor=floor,
+                      victim={"cacc": 0.5, "asr": 0.5} if floor is None else {"cacc": 0.86, "asr": 0.99})
+        (cell / "report.json").write_text(json.dumps(report))
+
+    write("ablation-akd", "bedkd", AttackConfig(name="badnets"), None)
+    write("paper", "none", AttackConfig(name="badnets"), {"asr": 0.04})
+    write("ablation-poison", "none", AttackConfig(name="badnets", poison_rate=0.01), {"asr": 0.02})  # not default
+    frame = book.victims_frame(scale="full", datasets=["sst2", "olid"], attacks=["badnets"])
+    sst2 = frame[frame.dataset == "sst2"].iloc[0]
+    assert (sst2.status, sst2.victim_asr, sst2.floor_asr, sst2.grid) == ("done", 0.99, 0.04, "paper")
+    assert frame[frame.dataset == "olid"].iloc[0].status == book.NOT_RUN
