@@ -116,3 +116,72 @@ def provenance_note(frame: pd.DataFrame) -> str:
         f"scale {', '.join(sorted(set(done['scale'].dropna())))}",
     ]
     return "Results from real runs: " + " · ".join(parts) + "."
+
+
+ABSTRACT_CLAIM = ("The BeDKD paper's abstract: ASR reduced by 98% on average over three datasets and six attacks, "
+                  "CACC not significantly reduced. It is the only published BeDKD number this book cites.")
+README_MARKERS = ("<!-- headline:start (bedkd headline --readme writes this block) -->", "<!-- headline:end -->")
+
+
+def finished_cells(grids: tuple[str, ...] = ("paper", "full")) -> pd.DataFrame:
+    """The finished full-scale defended cells of `grids` (first grid wins for a repeated cell), with ASR reduction
+    (1 - defended ASR / victim ASR) and CACC drop (victim CACC - defended CACC) per cell."""
+    frames = []
+    for grid in grids:
+        frame = results_frame(grid)
+        if "status" in frame:
+            frames.append(frame[(frame["status"] == "done") & (frame["scale"] == "full")
+                                & (frame["defense"] != "none")].assign(grid=grid))
+    cells = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if cells.empty:
+        return cells
+    cells = cells.drop_duplicates(subset=["dataset", "attack", "defense", "seed"]).dropna(
+        subset=["defended_asr", "victim_asr"]).copy()
+    cells["asr_reduction"] = 1 - cells["defended_asr"].astype(float) / cells["victim_asr"].astype(float)
+    cells["cacc_drop"] = cells["victim_cacc"].astype(float) - cells["defended_cacc"].astype(float)
+    return cells
+
+
+def headline(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per defense over `cells`: how many, mean ASR reduction and CACC drop, detection precision/recall (BeDKD),
+    mean defense seconds, and which datasets and attacks the average covers."""
+    if cells.empty:
+        return pd.DataFrame()
+    return (cells.groupby("defense")
+            .agg(cells_finished=("asr_reduction", "size"), mean_asr_reduction=("asr_reduction", "mean"),
+                 mean_cacc_drop=("cacc_drop", "mean"), mean_precision=("precision", "mean"),
+                 mean_recall=("recall", "mean"), mean_defense_seconds=("defense_seconds", "mean"),
+                 datasets=("dataset", lambda s: ", ".join(sorted(set(s)))),
+                 attacks=("attack", lambda s: ", ".join(sorted(set(s)))))
+            .sort_values("mean_asr_reduction", ascending=False))
+
+
+def headline_markdown(grids: tuple[str, ...] = ("paper", "full")) -> str:
+    """The headline as Markdown (a table, its provenance line and the abstract's claim), computed from results/."""
+    cells = finished_cells(grids)
+    if cells.empty:
+        return f"No full-scale cell has finished yet: no headline.\n\n{ABSTRACT_CLAIM}\n"
+    table = headline(cells)
+    lines = ["| defense | cells | mean ASR reduction | mean CACC drop | precision | recall | defense s | datasets | attacks |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for defense, row in table.iterrows():
+        detected = (f"{row.mean_precision:.2f} | {row.mean_recall:.3f}" if pd.notna(row.mean_precision) else "— | —")
+        lines.append(f"| {defense} | {row.cells_finished} | {row.mean_asr_reduction:.1%} | {row.mean_cacc_drop * 100:+.1f} pts"
+                     f" | {detected} | {row.mean_defense_seconds:.0f} | {row.datasets} | {row.attacks} |")
+    note = provenance_note(cells)
+    return "\n".join(lines) + f"\n\n{note} Full-scale cells only, one seed each; CACC drop > 0 means the defense " \
+        f"lost accuracy.\n\n{ABSTRACT_CLAIM}\n"
+
+
+def write_readme_headline(readme: Path, *, grids: tuple[str, ...] = ("paper", "full")) -> bool:
+    """Replace the block between README_MARKERS in `readme` with the current headline; True if it changed."""
+    text = readme.read_text()
+    start, end = README_MARKERS
+    if start not in text or end not in text:
+        raise DataError(f"{readme}: no headline block; add the two lines {start!r} and {end!r} where it goes")
+    before, rest = text.split(start, 1)
+    after = rest.split(end, 1)[1]
+    new = f"{before}{start}\n{headline_markdown(grids)}{end}{after}"
+    readme.write_text(new)
+    return new != text
+

@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_parser(sub)  # bedkd compare --dataset D --attack A --defenses bedkd,finetune,... --out DIR
     sweep.add_parser(sub)  # bedkd sweep --grid NAME --out results/ [--status] [--backend ray] ...
 
+    headline = sub.add_parser("headline", help="the headline over finished full-scale cells, from results/")
+    headline.add_argument("--readme", default=None, help="also rewrite the headline block of this README.md")
+
     download = sub.add_parser("download", help="fetch the datasets from their public sources and verify sha256")
     download.add_argument("--to", default=None)
     download.add_argument("--dataset", action="append", default=None)
@@ -177,6 +180,15 @@ def main(argv: list[str] | None = None) -> int:
             return grading.run(args)
         elif args.command == "student-copies":
             return student.run(args)
+        elif args.command == "headline":
+            from . import book
+
+            print(book.headline_markdown())
+            if args.readme:
+                from pathlib import Path
+
+                changed = book.write_readme_headline(Path(args.readme))
+                print(f"{args.readme}: headline {'updated' if changed else 'already up to date'}")
         elif args.command == "download":
             from .download import main as download_main
 

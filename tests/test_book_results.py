@@ -60,3 +60,23 @@ def test_victims_frame_takes_default_victims_from_any_grid_and_prefers_a_floor(r
     sst2 = frame[frame.dataset == "sst2"].iloc[0]
     assert (sst2.status, sst2.victim_asr, sst2.floor_asr, sst2.grid) == ("done", 0.99, 0.04, "paper")
     assert frame[frame.dataset == "olid"].iloc[0].status == book.NOT_RUN
+
+
+def test_headline_averages_finished_full_cells_and_quotes_only_the_abstract(results):
+    cells = book.finished_cells(("full",))
+    table = book.headline(cells)
+    assert table.loc["bedkd-fixed", "mean_asr_reduction"] == pytest.approx(0.95)
+    assert table.loc["bedkd-fixed", "mean_cacc_drop"] == pytest.approx(-0.01)
+    text = book.headline_markdown(("full",))
+    assert "| bedkd-fixed | 1 | 95.0% | -1.0 pts | 0.90 | 0.020 | 900 | sst2 | badnets |" in text
+    assert "abc123def456" in text and book.ABSTRACT_CLAIM in text
+    assert book.headline_markdown(("nothing-here",)).startswith("No full-scale cell has finished yet")
+
+
+def test_readme_headline_matches_results():
+    from pathlib import Path
+
+    readme = Path(book.__file__).resolve().parents[1] / "README.md"
+    start, end = book.README_MARKERS
+    block = readme.read_text().split(start, 1)[1].split(end, 1)[0]
+    assert block == "\n" + book.headline_markdown(), "README is stale: run `bedkd headline --readme README.md`"
