@@ -27,7 +27,10 @@ BEDKD_OPTIONS = {  # CLI flag → (config field, type)
     "--identify": ("identify", str),
     "--max-candidates": ("max_candidates", int),
     "--scan": ("scan", str),
+    "--refine": ("refine", str),
     "--punish-bound": ("punish_bound", float),
+    "--holdout": ("holdout", int),
+    "--dev-tolerance": ("dev_tolerance", float),
     "--learning-rate": ("learning_rate", float),
     "--curve-every": ("curve_every", int),
 }

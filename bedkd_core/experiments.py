@@ -211,6 +211,9 @@ def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none",
                                               target_label=prepared.attack.target_label)
         if result.flagged is not None:
             report["detection"] = detection_scores(result.flagged, prepared.poisoned.is_poisoned)
+            if result.details.get("watched_rows"):  # BeDKD's held-out identified rows (not punished)
+                watched = detection_scores(result.details["watched_rows"], prepared.poisoned.is_poisoned)
+                report["detection"]["watched_precision"] = watched["precision"]
         report["defense_details"] = result.details.get("summary", {})
         if out:
             _save_defense_artifacts(Path(out), result, prepared)
@@ -241,8 +244,9 @@ def _save_defense_artifacts(out: Path, result, prepared: Prepared) -> None:
         rows = [{"row": int(i), "score": float(s), "is_poisoned": bool(prepared.poisoned.is_poisoned[i])}
                 for i, s in zip(scores["rows"], scores["values"])]
         write_json_atomic(out / "scores.json", {"scores": rows})
-    if "curve" in result.details:
-        write_json_atomic(out / "curve.json", {"curve": result.details["curve"]})
+    if "curve" in result.details:  # with the per-epoch losses (and watch rate / dev accuracy) beside it
+        write_json_atomic(out / "curve.json", {"curve": result.details["curve"],
+                                               "history": result.details.get("history", [])})
 
 
 def defend_own_model(*, victim: str, clean: str, suspect: str, out: str | Path, options: dict | None = None,

@@ -7,7 +7,7 @@ from datasets import Dataset
 from bedkd_core.data import DataError
 from bedkd_core.defenses.base import DefenderData, OracleLeakError
 from bedkd_core.defenses.bedkd import (
-    BeDKDConfig, distillation_loss, flip_labels, identify_poisoned, infer_target, make_config, split_clean,
+    BeDKDConfig, distillation_loss, flip_labels, identify_poisoned, infer_target, log_odds, make_config, split_clean,
 )
 
 
@@ -73,14 +73,46 @@ def test_fixed_ranking_infers_the_target_and_ranks_by_score():
     score[200:260] = rng.uniform(0.02, 0.08, 60)  # a pile-up of class-1 rows under tau: the poison
     scores = {"score": score, "teacher_pred": labels.copy(), "dmm_pred": labels.copy()}
     reference = {"labels": np.array([0] * 50 + [1] * 50), "score": np.r_[np.full(5, 0.01), np.full(95, 0.3)]}
-    config = make_config(n_poison=32)
+    config = make_config(n_poison=32, refine="none")
     kept, info = identify_poisoned(scores=scores, labels=labels, config=config, reference=reference, num_classes=2)
     assert info["inferred_target"] == 1
     assert set(kept.tolist()) <= set(range(200, 260)) and len(kept) == 32
     assert np.all(np.diff(score[kept]) >= 0)
-    plain, _ = identify_poisoned(scores=scores, labels=labels, config=make_config(n_poison=32, infer_target=False),
-                                 reference=reference, num_classes=2)
+    plain, _ = identify_poisoned(scores=scores, labels=labels, reference=reference, num_classes=2,
+                                 config=make_config(n_poison=32, infer_target=False, refine="none"))
     assert set(range(20)) <= set(plain.tolist())  # without the class structure the failed flips win
+
+
+def test_direction_refine_prefers_rows_the_dmm_still_maps_to_their_label():
+    # Quick SST-2's failure: clean target rows the victim is unsure of score lowest (victim and DMM both near 0.5),
+    # while poisoned rows keep a firm DMM prediction of the target (saturated probabilities, a slightly larger s).
+    p_target = np.r_[np.full(20, 0.55), np.linspace(0.93, 0.999, 40), np.full(40, 0.2)]
+    score = np.r_[np.full(20, 0.005), np.full(40, 0.04), np.full(40, 0.4)]
+    labels = np.ones(100, int)
+    scores = {"score": score, "teacher_pred": labels.copy(), "dmm_pred": (p_target > 0.5).astype(int),
+              "dmm_prob": np.c_[1 - p_target, p_target]}
+    old, _ = identify_poisoned(scores=scores, labels=labels, num_classes=2,
+                               config=make_config(n_poison=32, infer_target=False, refine="none"))
+    assert set(range(20)) <= set(old.tolist())
+    clean_target = np.linspace(0.1, 0.9, 10)  # the defender's clean target rows: the DMM flips most of them
+    reference = {"labels": np.ones(10, int), "score": np.full(10, 0.5),
+                 "dmm_prob": np.c_[1 - clean_target, clean_target]}
+    new, info = identify_poisoned(scores=scores, labels=labels, num_classes=2, reference=reference,
+                                  config=make_config(n_poison=32, infer_target=False))
+    # 40 rows beat every clean target row: the 32 picks spread over them, firmest first, down to the 40th
+    assert set(new.tolist()) <= set(range(20, 60)) and len(set(new.tolist())) == 32
+    assert new[0] == 59 and new[-1] == 20 and list(new) == sorted(new, reverse=True)
+    assert info["refine"] == "direction" and info["dmm_log_odds_kept"][0] > info["dmm_log_odds_kept"][1] > 0
+    assert info["n_above_clean_reference"] == 40  # the firm rows beat every clean target row; the unsure ones do not
+    assert make_config(preset="faithful").refine == "none" and make_config(preset="quick").refine == "direction"
+    with pytest.raises(DataError, match="unknown BeDKD refine 'cluster'"):
+        make_config(refine="cluster")
+
+
+def test_log_odds_is_unsaturated_and_per_label():
+    probs = np.array([[0.1, 0.7, 0.2], [1.0, 1e-9, 0.0]])
+    assert np.allclose(log_odds(probs=probs, labels=np.array([1, 0])), [np.log(3.5), np.log(1e9)])
+    assert log_odds(probs=probs[:1], labels=np.array([0]))[0] == pytest.approx(np.log(0.1 / 0.7))
 
 
 def test_infer_target_reports_no_evidence():
@@ -123,3 +155,29 @@ def test_random_identification_ignores_scores():
     assert len(kept) == 32 and len(set(kept.tolist())) == 32 and kept.max() > 100
     with pytest.raises(DataError, match="unknown BeDKD identify 'oracle'"):
         make_config(identify="oracle")
+
+
+def test_akd_keeps_the_epoch_where_fewest_watched_rows_keep_their_label(monkeypatch):
+    from datasets import Dataset
+
+    from bedkd_core.defenses import bedkd as bk
+
+    # Watched rows keep their label at rates 0.9, 0.2, 0.6 over three epochs; dev accuracy 0.85 at epoch 2 is
+    # below the teacher's 0.9 - tolerance, so epoch 3 wins only if epoch 2 is ruled out.
+    rates = iter([0.9, 0.9, 0.9, 0.2, 0.85, 0.6, 0.9])  # teacher dev, then (watch, dev) per epoch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    monkeypatch.setattr(bk, "_fixed_batches", lambda *a, **k: ["one trust batch"])
+    monkeypatch.setattr(bk, "_distill_step", lambda student, *a, **k: student.weight.data.add_(1.0).item())
+    monkeypatch.setattr(bk, "_label_rate", lambda model, *a, **k: next(rates))
+    seen = []
+    rows = Dataset.from_dict({"text": ["a"], "label": [1]})
+    config = make_config(akd_epochs=3, holdout=1, dev_tolerance=0.02)
+    student, history = bk.akd(Tiny(), None, clean=rows, poisoned=rows.select([]), config=config, watch=rows,
+                              dev=rows, on_epoch=lambda epoch, student: seen.append(epoch))
+    assert seen == [1, 2, 3] and [h["selected"] for h in history] == [False, False, True]
+    assert student.weight.item() == 3.0 and history[1]["watch_label_rate"] == 0.2  # epoch 3's weights

@@ -45,9 +45,11 @@ def test_quick_bedkd_halves_asr_keeps_cacc_and_detects(attack, tmp_path, monkeyp
     victim, defended = report["victim"], report["defended"]
     assert defended["asr"] <= victim["asr"] / 2, report
     assert defended["cacc"] >= victim["cacc"] - 0.05, report
-    # Detection far above chance: 32 rows drawn at random from a 10%-poisoned split reach 4x the poison rate
-    # with probability < 1e-5. Measured at quick scale (seed 0): BadNets 0.875, AddSent 0.531 (on CPU).
-    assert report["detection"]["precision"] >= 4 * report["attack"]["poison_rate"], report
+    # Ranking candidates by lowest score gave AddSent 0.53 here (clean rows the victim is unsure of score lowest);
+    # the DMM-direction ranking of the fixed/quick presets measured 1.00 on both attacks (CPU, seed 0).
+    assert report["detection"]["precision"] >= 0.8, report
+    assert report["detection"]["watched_precision"] >= 0.8, report  # the held-out identified rows
+    assert report["defense_details"]["n_watched"] == 16 and 1 <= report["defense_details"]["selected_epoch"] <= 6
     assert report["defense"]["preset"] == "quick"
     assert (tmp_path / "purified_model" / "model.safetensors").is_file()
     scores = json.loads((tmp_path / "scores.json").read_text())["scores"]

@@ -1,7 +1,7 @@
 """BeDKD: the directional mapping module (DMM) and adversarial knowledge distillation (AKD).
 
 Each stage is a public function a chapter can call on its own:
-`distillation_loss` (ch. 4), `flip_labels`, `train_dmm`, `agreement_scores`, `identify_poisoned` (ch. 4),
+`distillation_loss` (ch. 4), `flip_labels`, `train_dmm`, `agreement_scores`, `log_odds`, `identify_poisoned` (ch. 4),
 `akd` (ch. 5) and `bedkd` (ch. 5), which runs them all. The defense never sees oracle poison flags.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from tqdm.auto import tqdm
 
 from ..data import DataError
+from ..progress import progress
 from ..victim import device, predict_proba, seed_everything, tokenize
 from .base import DefenderData, DefenseConfig, DefenseResult
 
@@ -48,10 +48,22 @@ class BeDKDConfig(DefenseConfig):
     """`file_order` (reference: first candidates under tau, keep n_poison + 1) or `rank` (whole set, ranked)."""
     infer_target: bool = True
     """Keep only candidates whose label is the class most over-represented under tau, relative to clean data."""
+    refine: str = "direction"
+    """Order of the rank scan's candidates: `none` (lowest score first, as the reference) or `direction` (highest
+    DMM log-odds for the given label first: the backdoor mapping survives in the DMM, a flipped clean one does not;
+    rows the victim itself is unsure of score low without being poison). With `direction`, when more candidates
+    than needed beat every clean reference row of their class, the picks are spread evenly over those ranks, so
+    that they cover every trigger rather than the strongest one."""
     mask_padding: bool = True
     """Average the hidden-state MSE over real tokens only (the reference averages over padding too)."""
     punish_bound: float | None = 3.0
     """Stop pushing a punish batch once its loss exceeds this bound (the reference's negated loss is unbounded)."""
+    holdout: int = 16
+    """Identified rows ranked after the n_poison punished ones, kept out of AKD to watch the backdoor: the student
+    is taken from the epoch where the fewest of them keep their (target) label, among epochs whose accuracy on the
+    DMM's clean rows (true labels; AKD never trains on them) is within `dev_tolerance` of the teacher's.
+    0 keeps the last epoch, as the reference does."""
+    dev_tolerance: float = 0.02
     cache_teacher: bool = True
     """Compute the frozen teacher's outputs once per fixed batch (the reference recomputes them every step)."""
     learning_rate: float = 3e-5
@@ -64,7 +76,8 @@ class BeDKDConfig(DefenseConfig):
 
 PRESETS = {
     "fixed": {},
-    "faithful": dict(scan="file_order", max_candidates=128, infer_target=False, mask_padding=False, punish_bound=None),
+    "faithful": dict(scan="file_order", max_candidates=128, infer_target=False, refine="none", mask_padding=False,
+                     punish_bound=None, holdout=0),
     "quick": dict(dmm_per_class=64, clean_per_class=128, dmm_epochs=10, akd_epochs=6),
 }
 """Named presets; `quick` shrinks the fixed preset to run in minutes on 2 CPU cores."""
@@ -78,7 +91,8 @@ def make_config(*, preset: str = "fixed", **overrides) -> BeDKDConfig:
     if unknown:
         raise DataError(f"unknown BeDKD option(s) {', '.join(sorted(unknown))}: valid are {', '.join(sorted(fields))}")
     config = BeDKDConfig(**{**PRESETS[preset], "preset": preset, **overrides})
-    for field, valid in (("identify", ("agreement", "random")), ("scan", ("file_order", "rank"))):
+    for field, valid in (("identify", ("agreement", "random")), ("scan", ("file_order", "rank")),
+                         ("refine", ("none", "direction"))):
         if getattr(config, field) not in valid:
             raise DataError(f"unknown BeDKD {field} {getattr(config, field)!r}: use one of {', '.join(valid)}")
     return config
@@ -197,7 +211,7 @@ def train_dmm(teacher, tokenizer, dmm_clean: Dataset, *, num_classes: int, confi
     batches = _fixed_batches(teacher, tokenizer, flipped, config=config, seed=config.seed)
     dmm = copy.deepcopy(teacher).train()
     optimizer = torch.optim.Adam(dmm.parameters(), lr=config.learning_rate)
-    for _ in tqdm(range(config.dmm_epochs), desc="DMM", leave=False):
+    for _ in progress(range(config.dmm_epochs), desc="DMM", leave=False):
         for batch in batches:
             _distill_step(dmm, optimizer, batch, temperature=config.temperature_dmm, config=config, sign=1)
     return dmm.eval()
@@ -206,11 +220,24 @@ def train_dmm(teacher, tokenizer, dmm_clean: Dataset, *, num_classes: int, confi
 # ---------------------------------------------------------------- stage 2: identification (chapter 4)
 
 def agreement_scores(teacher, dmm, tokenizer, texts: list[str], *, max_length: int = 128) -> dict:
-    """s(x) = mean over classes of |softmax(z_p) − softmax(z_d)|: low when the DMM still agrees with the teacher."""
+    """s(x) = mean over classes of |softmax(z_p) − softmax(z_d)|: low when the DMM still agrees with the teacher.
+
+    Also returns both models' predictions and the DMM's probabilities (`dmm_prob`, for `refine="direction"`).
+    """
     p_teacher = predict_proba(teacher, tokenizer, texts, max_length=max_length)
     p_dmm = predict_proba(dmm, tokenizer, texts, max_length=max_length)
     return {"score": np.abs(p_teacher - p_dmm).mean(axis=1), "teacher_pred": p_teacher.argmax(1),
-            "dmm_pred": p_dmm.argmax(1)}
+            "dmm_pred": p_dmm.argmax(1), "dmm_prob": p_dmm}
+
+
+def log_odds(*, probs, labels) -> np.ndarray:
+    """log p(y) − log max_{c≠y} p(c) per row: how firmly a model predicts the given label, unsaturated."""
+    probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-30, None)
+    rows = np.arange(len(probs))
+    own = probs[rows, labels]
+    others = probs.copy()
+    others[rows, labels] = 0.0
+    return np.log(own) - np.log(np.clip(others.max(axis=1), 1e-30, None))
 
 
 def infer_target(*, suspect_labels, suspect_scores, reference_labels, reference_scores, tau: float,
@@ -258,35 +285,77 @@ def identify_poisoned(*, scores: dict, labels, config: BeDKDConfig, reference: d
         if target is not None:
             eligible &= labels == target
     ranked = np.flatnonzero(eligible)
-    ranked = ranked[np.argsort(score[ranked], kind="stable")]
-    info["n_candidates"] = int(len(ranked))
+    if config.refine == "direction":  # the DMM still maps the row firmly to its (target) label
+        margin = log_odds(probs=scores["dmm_prob"][ranked], labels=labels[ranked])
+        order = np.argsort(-margin, kind="stable")
+        ranked, margin = ranked[order], margin[order]
+        if reference is not None and "dmm_prob" in reference:  # candidates beyond every clean row of their class
+            ref_labels = np.asarray(reference["labels"])
+            ref_odds = log_odds(probs=reference["dmm_prob"], labels=ref_labels)
+            ceiling = np.array([ref_odds[ref_labels == c].max(initial=-np.inf) for c in range(num_classes)])
+            confident = int((margin > ceiling[labels[ranked]]).sum())
+            info["n_above_clean_reference"] = confident
+            if confident > config.n_poison:  # spread the picks over them: the top ranks favour the strongest trigger
+                picks = np.unique(np.round(np.linspace(0, confident - 1, config.n_poison)).astype(int))
+                ranked, margin = ranked[picks], margin[picks]
+        kept = margin[: config.n_poison]
+        info["dmm_log_odds_kept"] = [round(float(kept[0]), 2), round(float(kept[-1]), 2)] if len(kept) else []
+    else:
+        ranked = ranked[np.argsort(score[ranked], kind="stable")]
+    info.update(refine=config.refine, n_candidates=int(len(ranked)))
     return ranked[: config.n_poison].astype(int), info
 
 
 # ---------------------------------------------------------------- stage 3: AKD (chapter 5)
 
-def akd(teacher, tokenizer, *, clean: Dataset, poisoned: Dataset, config: BeDKDConfig, on_epoch=None):
+def _label_rate(model, tokenizer, data: Dataset, *, max_length: int) -> float:
+    """Share of `data`'s rows that `model` predicts as their given label."""
+    predicted = predict_proba(model, tokenizer, list(data["text"]), max_length=max_length).argmax(1)
+    return float((predicted == np.asarray(data["label"])).mean())
+
+
+def akd(teacher, tokenizer, *, clean: Dataset, poisoned: Dataset, config: BeDKDConfig, on_epoch=None,
+        watch: Dataset | None = None, dev: Dataset | None = None):
     """Fresh copy of the poisoned model; each epoch trust-distil on clean data, then punish on `poisoned`.
 
-    One Adam optimizer serves both phases. `on_epoch(epoch, student)` is called after each epoch.
+    One Adam optimizer serves both phases. `on_epoch(epoch, student)` is called after each epoch. Given `watch`
+    (identified rows not punished) and `dev` (clean rows not trained on), each epoch records how many watched rows
+    keep their label and the dev accuracy, and the student of the epoch chosen by `config.holdout`'s rule is
+    returned; otherwise the last epoch's.
     """
     seed_everything(config.seed)
     trust = _fixed_batches(teacher, tokenizer, clean, config=config, seed=config.seed)
     punish = _fixed_batches(teacher, tokenizer, poisoned, config=config, seed=config.seed) if len(poisoned) else []
     student = copy.deepcopy(teacher).train()
     optimizer = torch.optim.Adam(student.parameters(), lr=config.learning_rate)
+    selecting = watch is not None and len(watch) > 0 and dev is not None and len(dev) > 0
+    if selecting:
+        dev_floor = _label_rate(teacher, tokenizer, dev, max_length=config.max_length) - config.dev_tolerance
+        best_key, best_state = None, None
     history = []
-    for epoch in tqdm(range(1, config.akd_epochs + 1), desc="AKD", leave=False):
+    for epoch in progress(range(1, config.akd_epochs + 1), desc="AKD", leave=False):
         trust_loss = [_distill_step(student, optimizer, b, temperature=config.temperature_akd, config=config, sign=1)
                       for b in trust]
         punish_loss = [_distill_step(student, optimizer, b, temperature=config.temperature_akd, config=config, sign=-1)
                        for b in punish]
         history.append({"epoch": epoch, "trust_loss": float(np.mean(trust_loss)),
                         "punish_loss": float(np.mean(punish_loss)) if punish_loss else None})
+        student.eval()
+        if selecting:
+            watch_rate = _label_rate(student, tokenizer, watch, max_length=config.max_length)
+            dev_accuracy = _label_rate(student, tokenizer, dev, max_length=config.max_length)
+            history[-1].update(watch_label_rate=watch_rate, dev_accuracy=dev_accuracy)
+            key = (dev_accuracy < dev_floor, watch_rate, -dev_accuracy)  # ties: the later epoch
+            if best_key is None or key <= best_key:
+                best_key, best_state = key, {k: v.detach().clone() for k, v in student.state_dict().items()}
+                best_epoch = epoch
         if on_epoch is not None:
-            student.eval()
             on_epoch(epoch, student)
-            student.train()
+        student.train()
+    if selecting:
+        student.load_state_dict(best_state)
+        for row in history:
+            row["selected"] = row["epoch"] == best_epoch
     return student.eval(), history
 
 
@@ -306,8 +375,15 @@ def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None) -> 
         reference = agreement_scores(teacher, dmm, tokenizer, list(akd_clean["text"]), max_length=config.max_length)
         reference["labels"] = np.asarray(akd_clean["label"])
         del dmm
-    flagged, info = identify_poisoned(scores=scores, labels=data.suspect["label"], config=config, reference=reference,
-                                      num_classes=data.num_classes)
+    ranked, info = identify_poisoned(scores=scores, labels=data.suspect["label"], reference=reference,
+                                     config=dataclasses.replace(config, n_poison=config.n_poison + config.holdout),
+                                     num_classes=data.num_classes)
+    watch = np.zeros(len(ranked), dtype=bool)  # every k-th identified row is watched, so both sets span the ranks
+    n_watch = min(config.holdout, max(0, len(ranked) - config.n_poison))
+    if n_watch:
+        step = len(ranked) / n_watch
+        watch[(np.arange(n_watch) * step + step / 2).astype(int)] = True
+    flagged, watched = ranked[~watch], ranked[watch]
     if len(flagged) == 0:
         warnings.warn("BeDKD found no suspect sample under tau: AKD runs trust distillation only", stacklevel=2)
         info["warning"] = "no sample identified; AKD ran trust-only"
@@ -318,10 +394,13 @@ def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None) -> 
         def on_epoch(epoch, student):
             if epoch % config.curve_every == 0 or epoch == config.akd_epochs:
                 curve.append({"epoch": epoch, **curve_fn(student, tokenizer)})
-    student, history = akd(teacher, tokenizer, clean=akd_clean, poisoned=identified, config=config, on_epoch=on_epoch)
-    details = {"summary": {**info, "n_identified": int(len(flagged)), "final_trust_loss": history[-1]["trust_loss"],
+    student, history = akd(teacher, tokenizer, clean=akd_clean, poisoned=identified, config=config, on_epoch=on_epoch,
+                           watch=data.suspect.select(watched.tolist()), dev=dmm_clean)
+    kept = next((row for row in history if row.get("selected")), history[-1])
+    details = {"summary": {**info, "n_identified": int(len(flagged)), "n_watched": int(len(watched)),
+                           "selected_epoch": kept["epoch"], "final_trust_loss": history[-1]["trust_loss"],
                            "final_punish_loss": history[-1]["punish_loss"]},
-               "history": history}
+               "history": history, "watched_rows": watched.tolist()}
     if scores is not None:
         details["scores"] = {"rows": list(range(len(suspect_texts))), "values": scores["score"].tolist()}
     if curve:
