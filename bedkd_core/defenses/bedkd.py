@@ -59,10 +59,10 @@ class BeDKDConfig(DefenseConfig):
     punish_bound: float | None = 3.0
     """Stop pushing a punish batch once its loss exceeds this bound (the reference's negated loss is unbounded)."""
     holdout: int = 16
-    """Identified rows ranked after the n_poison punished ones, kept out of AKD to watch the backdoor: the student
-    is taken from the epoch where the fewest of them keep their (target) label, among epochs whose accuracy on the
-    DMM's clean rows (true labels; AKD never trains on them) is within `dev_tolerance` of the teacher's.
-    0 keeps the last epoch, as the reference does."""
+    """Identified rows kept out of AKD to watch the backdoor (every k-th of the n_poison + holdout identified):
+    the student is taken from the epoch where the fewest of them keep their (target) label, among epochs whose
+    accuracy on the DMM's clean rows (true labels; AKD never trains on them) is within `dev_tolerance` of the
+    teacher's. 0 keeps the last epoch, as the reference does."""
     dev_tolerance: float = 0.02
     cache_teacher: bool = True
     """Compute the frozen teacher's outputs once per fixed batch (the reference recomputes them every step)."""
