@@ -173,6 +173,15 @@ def fingerprint(data: Dataset) -> str:
     return digest.hexdigest()
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """A hash of every tensor in a model's state dict, so a cache keyed by it follows the exact weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def cache_key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 

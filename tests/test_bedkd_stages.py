@@ -181,3 +181,28 @@ def test_akd_keeps_the_epoch_where_fewest_watched_rows_keep_their_label(monkeypa
                               dev=rows, on_epoch=lambda epoch, student: seen.append(epoch))
     assert seen == [1, 2, 3] and [h["selected"] for h in history] == [False, False, True]
     assert student.weight.item() == 3.0 and history[1]["watch_label_rate"] == 0.2  # epoch 3's weights
+
+
+def test_train_dmm_reuses_the_cached_dmm_only_for_the_same_teacher_data_and_settings(tmp_path, monkeypatch, sst2):
+    from bedkd_core.defenses import bedkd as bk
+    from bedkd_core.victim import load_classifier, weights_digest
+
+    monkeypatch.setenv("BEDKD_CACHE", str(tmp_path))
+    teacher, tokenizer = load_classifier("minilm", num_labels=2)
+    rows = sst2.train.select(range(16))
+    config = make_config(preset="quick", dmm_epochs=1, batch_size=8)
+    trained = bk.train_dmm(teacher, tokenizer, rows, num_classes=2, config=config)
+    path = bk.dmm_cache_path(teacher, rows, num_classes=2, config=config)
+    assert (path / "model.safetensors").is_file() and weights_digest(trained) != weights_digest(teacher)
+
+    calls = []
+    monkeypatch.setattr(bk, "_distill_step", lambda *a, **k: calls.append(1) or 0.0)
+    reused = bk.train_dmm(teacher, tokenizer, rows, num_classes=2, config=config)
+    assert calls == [] and weights_digest(reused) == weights_digest(trained)
+    # Another setting, other data or another teacher: a different cache entry, so the DMM is trained again.
+    assert bk.dmm_cache_path(teacher, rows, num_classes=2, config=make_config(preset="quick", dmm_epochs=2,
+                                                                              batch_size=8)) != path
+    assert bk.dmm_cache_path(teacher, sst2.train.select(range(1, 17)), num_classes=2, config=config) != path
+    assert bk.dmm_cache_path(trained, rows, num_classes=2, config=config) != path
+    bk.train_dmm(teacher, tokenizer, rows, num_classes=2, config=config, cache=False)
+    assert calls == [1, 1]

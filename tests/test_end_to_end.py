@@ -49,7 +49,7 @@ def test_quick_bedkd_halves_asr_keeps_cacc_and_detects(attack, tmp_path, monkeyp
     # the DMM-direction ranking of the fixed/quick presets measured 1.00 on both attacks (CPU, seed 0).
     assert report["detection"]["precision"] >= 0.8, report
     assert report["detection"]["watched_precision"] >= 0.8, report  # the held-out identified rows
-    assert report["defense_details"]["n_watched"] == 16 and 1 <= report["defense_details"]["selected_epoch"] <= 6
+    assert report["defense_details"]["n_watched"] == 16 and 1 <= report["defense_details"]["selected_epoch"] <= 12
     assert report["defense"]["preset"] == "quick"
     assert (tmp_path / "purified_model" / "model.safetensors").is_file()
     scores = json.loads((tmp_path / "scores.json").read_text())["scores"]

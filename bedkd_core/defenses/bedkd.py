@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from datasets import Dataset
 
 from ..data import DataError
 from ..progress import progress
-from ..victim import device, predict_proba, seed_everything, tokenize
+from ..victim import (cache_dir, cache_key, device, fingerprint, load_classifier, predict_proba, save_model,
+                      seed_everything, tokenize, weights_digest)
 from .base import DefenderData, DefenseConfig, DefenseResult
 
 
@@ -78,9 +80,13 @@ PRESETS = {
     "fixed": {},
     "faithful": dict(scan="file_order", max_candidates=128, infer_target=False, refine="none", mask_padding=False,
                      punish_bound=None, holdout=0),
-    "quick": dict(dmm_per_class=64, clean_per_class=128, dmm_epochs=10, akd_epochs=6),
+    "quick": dict(dmm_per_class=64, clean_per_class=64, dmm_epochs=10, akd_epochs=12),
 }
-"""Named presets; `quick` shrinks the fixed preset to run in minutes on 2 CPU cores."""
+"""Named presets; `quick` shrinks the fixed preset to run in minutes on 2 CPU cores.
+
+quick trades clean rows for epochs: 12 epochs of 8 trust + 2 punish batches, not 6 of 16 + 2. The punished
+rows need about that many ascent steps before they lose the target label (SST-2 AddSent, CPU, seed 0: the
+watched rows still kept it at epoch 5 of 6, ASR 0.87; with 12 epochs ASR 0.014, CACC unchanged)."""
 
 
 def make_config(*, preset: str = "fixed", **overrides) -> BeDKDConfig:
@@ -203,8 +209,31 @@ def split_clean(clean: Dataset, *, num_classes: int, dmm_per_class: int, clean_p
     return clean.select(sorted(dmm_rows)), clean.select(sorted(akd_rows))
 
 
-def train_dmm(teacher, tokenizer, dmm_clean: Dataset, *, num_classes: int, config: BeDKDConfig):
-    """Copy the poisoned model and distil it on clean data whose labels are flipped; return the DMM."""
+DMM_SETTINGS = ("dmm_epochs", "temperature_dmm", "alpha", "kl_weight", "hidden_weight", "mask_padding",
+                "learning_rate", "batch_size", "max_length", "seed")
+"""The config fields that shape a DMM; with the teacher's weights and the data they key the DMM cache."""
+DMM_CACHE_VERSION = 1
+"""Part of every DMM cache key: bump it when `train_dmm`'s arithmetic changes, so no stale DMM is reused."""
+
+
+def dmm_cache_path(teacher, dmm_clean: Dataset, *, num_classes: int, config: BeDKDConfig) -> Path:
+    """Where `train_dmm` stores (and looks for) the DMM these inputs make, under the victim cache."""
+    payload = {"version": DMM_CACHE_VERSION, "teacher": weights_digest(teacher), "data": fingerprint(dmm_clean),
+               "num_classes": num_classes, "device": device().type,
+               "settings": {name: getattr(config, name) for name in DMM_SETTINGS}}
+    return cache_dir() / "dmm" / cache_key(payload)
+
+
+def train_dmm(teacher, tokenizer, dmm_clean: Dataset, *, num_classes: int, config: BeDKDConfig, cache: bool = True):
+    """Copy the poisoned model and distil it on clean data whose labels are flipped; return the DMM.
+
+    With `cache`, the DMM is saved (safetensors) at `dmm_cache_path` and reused by any later call with the same
+    teacher weights, data and settings: chapter 5's BeDKD run reuses chapter 4's DMM instead of retraining it.
+    """
+    folder = dmm_cache_path(teacher, dmm_clean, num_classes=num_classes, config=config) if cache else None
+    if folder is not None and (folder / "bedkd.json").is_file():
+        dmm, _ = load_classifier(str(folder), num_labels=num_classes)
+        return dmm.eval()
     seed_everything(config.seed)
     flipped = Dataset.from_dict({"text": list(dmm_clean["text"]),
                                  "label": flip_labels(dmm_clean["label"], num_classes=num_classes)})
@@ -214,7 +243,10 @@ def train_dmm(teacher, tokenizer, dmm_clean: Dataset, *, num_classes: int, confi
     for _ in progress(range(config.dmm_epochs), desc="DMM", leave=False):
         for batch in batches:
             _distill_step(dmm, optimizer, batch, temperature=config.temperature_dmm, config=config, sign=1)
-    return dmm.eval()
+    dmm.eval()
+    if folder is not None:
+        save_model(dmm, tokenizer, folder, {"settings": {name: getattr(config, name) for name in DMM_SETTINGS}})
+    return dmm
 
 
 # ---------------------------------------------------------------- stage 2: identification (chapter 4)
@@ -369,7 +401,10 @@ def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None) -> 
                                        clean_per_class=config.clean_per_class, seed=config.seed)
     suspect_texts = list(data.suspect["text"])
     scores = reference = None
+    info_dmm = {}
     if config.identify == "agreement":
+        cached = dmm_cache_path(teacher, dmm_clean, num_classes=data.num_classes, config=config)
+        info_dmm["dmm_from_cache"] = (cached / "bedkd.json").is_file()  # then the wall time excludes DMM training
         dmm = train_dmm(teacher, tokenizer, dmm_clean, num_classes=data.num_classes, config=config)
         scores = agreement_scores(teacher, dmm, tokenizer, suspect_texts, max_length=config.max_length)
         reference = agreement_scores(teacher, dmm, tokenizer, list(akd_clean["text"]), max_length=config.max_length)
@@ -397,7 +432,7 @@ def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None) -> 
     student, history = akd(teacher, tokenizer, clean=akd_clean, poisoned=identified, config=config, on_epoch=on_epoch,
                            watch=data.suspect.select(watched.tolist()), dev=dmm_clean)
     kept = next((row for row in history if row.get("selected")), history[-1])
-    details = {"summary": {**info, "n_identified": int(len(flagged)), "n_watched": int(len(watched)),
+    details = {"summary": {**info_dmm, **info, "n_identified": int(len(flagged)), "n_watched": int(len(watched)),
                            "selected_epoch": kept["epoch"], "final_trust_loss": history[-1]["trust_loss"],
                            "final_punish_loss": history[-1]["punish_loss"]},
                "history": history, "watched_rows": watched.tolist()}
