@@ -202,6 +202,8 @@ def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none",
                                 suspect=defender_view(prepared.poisoned.data), num_classes=prepared.splits.num_classes)
         defense_started = time.perf_counter()
         extra = {"curve_fn": _curve_fn(prepared)} if getattr(defense_config, "curve_every", 0) else {}
+        if getattr(defense_config, "identify", None) == "oracle":  # BeDKD's oracle ablation: rows, never flags
+            extra["oracle_rows"] = np.flatnonzero(prepared.poisoned.is_poisoned).tolist()
         result = DEFENSES[defense](victim=prepared.victim, data=defender, config=defense_config, **extra)
         report["seconds"]["defense"] = round(time.perf_counter() - defense_started, 1)
         from .metrics import evaluate_defense  # counts an input filter's rejections (FRR/FAR) or sanitising

@@ -153,8 +153,41 @@ def test_random_identification_ignores_scores():
     kept, _ = identify_poisoned(scores=scores, labels=np.ones(n, int), config=make_config(identify="random"),
                                 num_classes=2)
     assert len(kept) == 32 and len(set(kept.tolist())) == 32 and kept.max() > 100
-    with pytest.raises(DataError, match="unknown BeDKD identify 'oracle'"):
-        make_config(identify="oracle")
+    with pytest.raises(DataError, match="unknown BeDKD identify 'psychic'"):
+        make_config(identify="psychic")
+    with pytest.raises(DataError, match="oracle rows come from the caller"):
+        identify_poisoned(scores=scores, labels=np.ones(n, int), config=make_config(identify="oracle"), num_classes=2)
+
+
+def test_oracle_identification_punishes_only_the_rows_the_caller_hands_over(monkeypatch):
+    from types import SimpleNamespace
+
+    from bedkd_core.defenses import bedkd as bk
+
+    seen = {}
+
+    def fake_akd(teacher, tokenizer, *, clean, poisoned, config, on_epoch=None, watch=None, dev=None):
+        seen["punished"], seen["watched"] = list(poisoned["text"]), list(watch["text"])
+        return teacher, [{"epoch": 1, "trust_loss": 0.0, "punish_loss": 0.0}]
+
+    monkeypatch.setattr(bk, "akd", fake_akd)
+    monkeypatch.setattr(bk, "train_dmm", lambda *a, **k: pytest.fail("the oracle ablation trains no DMM"))
+    suspect = Dataset.from_dict({"text": [f"suspect {i}" for i in range(100)], "label": [i % 2 for i in range(100)]})
+    clean = Dataset.from_dict({"text": [f"clean {i}" for i in range(40)], "label": [i % 2 for i in range(40)]})
+    data = DefenderData(clean=clean, suspect=suspect, num_classes=2)
+    victim = SimpleNamespace(model=torch.nn.Linear(1, 1), tokenizer=None)
+    config = make_config(preset="quick", identify="oracle", dmm_per_class=4, clean_per_class=4, n_poison=6,
+                         holdout=2)
+    poisoned = list(range(50, 70))
+    result = bk.bedkd(victim=victim, data=data, config=config, oracle_rows=poisoned)
+    assert len(result.flagged) == 6 and set(result.flagged.tolist()) <= set(poisoned)
+    assert sorted(seen["punished"]) == sorted(f"suspect {i}" for i in result.flagged.tolist())
+    assert len(seen["watched"]) == 2 and set(result.details["watched_rows"]) <= set(poisoned)
+    assert not set(result.details["watched_rows"]) & set(result.flagged.tolist())
+    with pytest.raises(DataError, match="oracle_rows is given exactly when identify='oracle'"):
+        bk.bedkd(victim=victim, data=data, config=config)  # no rows handed over
+    with pytest.raises(DataError, match="oracle_rows is given exactly when identify='oracle'"):
+        bk.bedkd(victim=victim, data=data, config=make_config(preset="quick"), oracle_rows=poisoned)  # a leak
 
 
 def test_akd_keeps_the_epoch_where_fewest_watched_rows_keep_their_label(monkeypatch):

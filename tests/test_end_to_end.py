@@ -56,6 +56,23 @@ def test_quick_bedkd_halves_asr_keeps_cacc_and_detects(attack, tmp_path, monkeyp
     assert len(scores) == report["sizes"]["victim_train"]
 
 
+def test_oracle_ablation_gets_rows_from_run_experiment_never_flags(badnets_report, tmp_path, monkeypatch):
+    seen = {}
+    original = defenses.DEFENSES["bedkd"]
+
+    def spy(*, victim, data, config, oracle_rows):
+        seen["suspect_columns"], seen["n_oracle_rows"] = data.suspect.column_names, len(oracle_rows)
+        return original(victim=victim, data=data, config=config, oracle_rows=oracle_rows)
+
+    monkeypatch.setitem(defenses.DEFENSES, "bedkd", spy)
+    report = experiments.run_experiment(dataset="sst2", attack=AttackConfig(name="badnets"), defense="bedkd",
+                                        defense_options={"identify": "oracle", "akd_epochs": 1}, scale="quick",
+                                        out=tmp_path, with_floor=False)
+    assert seen == {"suspect_columns": ["text", "label"], "n_oracle_rows": report["sizes"]["poisoned_rows"]}
+    assert report["detection"]["precision"] == 1.0 and report["detection"]["watched_precision"] == 1.0
+    assert report["defense"]["identify"] == "oracle" and "dmm_from_cache" not in report["defense_details"]
+
+
 def test_defend_a_model_you_bring(badnets_report, tmp_path):
     from bedkd_core.victim import cache_dir
 

@@ -45,7 +45,8 @@ class BeDKDConfig(DefenseConfig):
     max_candidates: int | None = None
     """Faithful: stop scanning the suspect set in file order after this many candidates (128)."""
     identify: str = "agreement"
-    """`agreement` (the DMM, BeDKD's own) or `random` (n_poison random suspect rows: BeDKD without its DMM)."""
+    """`agreement` (the DMM, BeDKD's own), `random` (n_poison random suspect rows: BeDKD without its DMM) or
+    `oracle` (an ablation: n_poison truly poisoned rows, which the caller must hand over as `oracle_rows`)."""
     scan: str = "rank"
     """`file_order` (reference: first candidates under tau, keep n_poison + 1) or `rank` (whole set, ranked)."""
     infer_target: bool = True
@@ -97,7 +98,7 @@ def make_config(*, preset: str = "fixed", **overrides) -> BeDKDConfig:
     if unknown:
         raise DataError(f"unknown BeDKD option(s) {', '.join(sorted(unknown))}: valid are {', '.join(sorted(fields))}")
     config = BeDKDConfig(**{**PRESETS[preset], "preset": preset, **overrides})
-    for field, valid in (("identify", ("agreement", "random")), ("scan", ("file_order", "rank")),
+    for field, valid in (("identify", ("agreement", "random", "oracle")), ("scan", ("file_order", "rank")),
                          ("refine", ("none", "direction"))):
         if getattr(config, field) not in valid:
             raise DataError(f"unknown BeDKD {field} {getattr(config, field)!r}: use one of {', '.join(valid)}")
@@ -297,7 +298,8 @@ def identify_poisoned(*, scores: dict, labels, config: BeDKDConfig, reference: d
         rows = np.random.default_rng(config.seed).permutation(len(labels))[: config.n_poison]
         return np.sort(rows).astype(int), {"n_candidates": int(len(labels))}
     if config.identify != "agreement":
-        raise DataError(f"unknown identification {config.identify!r}: use agreement or random")
+        raise DataError(f"identify_poisoned cannot do {config.identify!r} identification: use agreement or random "
+                        "(oracle rows come from the caller, see `bedkd(oracle_rows=...)`)")
     score = scores["score"]
     consistent = scores["teacher_pred"] == labels  # poisoned rows carry the label the backdoor predicts
     info: dict = {"n_under_tau": int((score < config.tau).sum())}
@@ -393,8 +395,16 @@ def akd(teacher, tokenizer, *, clean: Dataset, poisoned: Dataset, config: BeDKDC
 
 # ---------------------------------------------------------------- the whole defense
 
-def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None) -> DefenseResult:
-    """Run DMM → identification → AKD on a poisoned victim with the defender's data only."""
+def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None, oracle_rows=None) -> DefenseResult:
+    """Run DMM → identification → AKD on a poisoned victim with the defender's data only.
+
+    `oracle_rows` serves the `identify="oracle"` ablation only: the truly poisoned suspect rows, picked by the
+    caller (`run_experiment`) from the oracle flags, of which n_poison + holdout are drawn with config.seed. It is
+    refused with any other `identify`, so real flags can never slip into a normal run.
+    """
+    if (config.identify == "oracle") != (oracle_rows is not None):
+        raise DataError("oracle_rows is given exactly when identify='oracle' (an ablation run by run_experiment); "
+                        f"got identify={config.identify!r} with oracle_rows={'set' if oracle_rows is not None else None}")
     teacher, tokenizer = victim.model, victim.tokenizer
     teacher.eval()
     dmm_clean, akd_clean = split_clean(data.clean, num_classes=data.num_classes, dmm_per_class=config.dmm_per_class,
@@ -410,9 +420,13 @@ def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None) -> 
         reference = agreement_scores(teacher, dmm, tokenizer, list(akd_clean["text"]), max_length=config.max_length)
         reference["labels"] = np.asarray(akd_clean["label"])
         del dmm
-    ranked, info = identify_poisoned(scores=scores, labels=data.suspect["label"], reference=reference,
-                                     config=dataclasses.replace(config, n_poison=config.n_poison + config.holdout),
-                                     num_classes=data.num_classes)
+    if config.identify == "oracle":
+        order = np.random.default_rng(config.seed).permutation(np.asarray(oracle_rows, dtype=int))
+        ranked, info = order[: config.n_poison + config.holdout], {"n_candidates": int(len(order))}
+    else:
+        ranked, info = identify_poisoned(scores=scores, labels=data.suspect["label"], reference=reference,
+                                         config=dataclasses.replace(config, n_poison=config.n_poison + config.holdout),
+                                         num_classes=data.num_classes)
     watch = np.zeros(len(ranked), dtype=bool)  # every k-th identified row is watched, so both sets span the ranks
     n_watch = min(config.holdout, max(0, len(ranked) - config.n_poison))
     if n_watch:
