@@ -5,7 +5,7 @@ evaluated after every AKD epoch. As implemented: teacher outputs computed once p
 end. Same victim, data, seed and hyperparameters; prints wall time, the ratio, peak memory and whether the final
 metrics agree.
 
-    python benchmarks/bench_bedkd.py [--akd-epochs 5] [--scale quick]
+    python benchmarks/bench_bedkd.py [--akd-epochs 5] [--scale quick] [--json results/benchmarks/bedkd.json]
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import torch
@@ -22,7 +23,7 @@ import torch
 from bedkd_core.attacks import AttackConfig
 from bedkd_core.defenses.base import DefenderData, defender_view
 from bedkd_core.defenses.bedkd import make_config, split_clean, train_dmm, agreement_scores, identify_poisoned, akd
-from bedkd_core.experiments import prepare, provenance
+from bedkd_core.experiments import prepare, provenance, write_json_atomic
 from bedkd_core.metrics import evaluate
 
 
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--akd-epochs", type=int, default=5)
     parser.add_argument("--scale", default="quick")
     parser.add_argument("--attack", default="badnets")
+    parser.add_argument("--json", type=Path, help="also write the measurements with provenance to this file")
     args = parser.parse_args()
     prepared = prepare(dataset="sst2", attack=AttackConfig(name=args.attack), scale=args.scale, seed=0)
     teacher, tokenizer = prepared.victim.model, prepared.victim.tokenizer
@@ -93,9 +95,12 @@ def main() -> None:
     ref, ours = results["reference schedule"], results["as implemented"]
     agree = abs(ref["cacc"] - ours["cacc"]) < 1e-9 and abs(ref["asr"] - ours["asr"]) < 1e-9
     print(f"speed-up: {ref['seconds'] / ours['seconds']:.2f}x   final metrics identical: {agree}")
-    print(json.dumps({"akd_epochs": args.akd_epochs, "scale": args.scale, "results": results,
-                      "provenance": provenance(), "threads": torch.get_num_threads(),
-                      "cpu_count": os.cpu_count()}, indent=1))
+    summary = {"akd_epochs": args.akd_epochs, "scale": args.scale, "attack": args.attack, "results": results,
+               "speedup": round(ref["seconds"] / ours["seconds"], 2), "identical_metrics": agree,
+               "provenance": provenance(), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        write_json_atomic(args.json, summary)
 
 
 if __name__ == "__main__":
