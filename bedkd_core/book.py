@@ -169,8 +169,35 @@ def headline_markdown(grids: tuple[str, ...] = ("paper", "full")) -> str:
         lines.append(f"| {defense} | {row.cells_finished} | {row.mean_asr_reduction:.1%} | {row.mean_cacc_drop * 100:+.1f} pts"
                      f" | {detected} | {row.mean_defense_seconds:.0f} | {row.datasets} | {row.attacks} |")
     note = provenance_note(cells)
+    benchmarks = benchmarks_markdown()
     return "\n".join(lines) + f"\n\n{note} Full-scale cells only, one seed each; CACC drop > 0 means the defense " \
-        f"lost accuracy.\n\n{ABSTRACT_CLAIM}\n"
+        f"lost accuracy.\n\n" + (f"{benchmarks}\n\n" if benchmarks else "") + f"{ABSTRACT_CLAIM}\n"
+
+
+def benchmarks_markdown() -> str:
+    """One line per benchmark under results/benchmarks/ (book build, BeDKD speed), with its commit and device."""
+    lines = []
+    book_file, bedkd_file = RESULTS_DIR / "benchmarks" / "book.json", RESULTS_DIR / "benchmarks" / "bedkd.json"
+    if book_file.is_file():
+        run = json.loads(book_file.read_text())
+        budget = run["budget_seconds"]
+        lines.append(f"- Quick book build (`benchmarks/bench_book.py`): {run['warm_seconds']:.0f} s with the victims "
+                     f"cached ({run['warm_seconds'] / budget:.2f} x the {budget / 60:.0f}-min budget), "
+                     f"{run['cold_seconds']:.0f} s from an empty cache ({run['cold_seconds'] / budget:.2f} x); "
+                     f"{_benchmark_provenance(run)}.")
+    if bedkd_file.is_file():
+        run = json.loads(bedkd_file.read_text())
+        ref, ours = run["results"]["reference schedule"], run["results"]["as implemented"]
+        lines.append(f"- BeDKD's AKD against the reference code's schedule (`benchmarks/bench_bedkd.py`, "
+                     f"{run['scale']} scale, {run['akd_epochs']} epochs): {ref['seconds']:.0f} s vs {ours['seconds']:.0f} s, "
+                     f"{run['speedup']:.2f}x faster, final metrics "
+                     f"{'identical' if run['identical_metrics'] else 'different'}; {_benchmark_provenance(run)}.")
+    return "\n".join(lines)
+
+
+def _benchmark_provenance(run: dict) -> str:
+    prov = run["provenance"]
+    return f"commit {prov['git_commit'][:12]}, {prov['device']}, {prov['date'][:10]}"
 
 
 def write_readme_headline(readme: Path, *, grids: tuple[str, ...] = ("paper", "full")) -> bool:

@@ -5,7 +5,7 @@ evaluated after every AKD epoch. As implemented: teacher outputs computed once p
 end. Same victim, data, seed and hyperparameters; prints wall time, the ratio, peak memory and whether the final
 metrics agree.
 
-    python benchmarks/bench_bedkd.py [--akd-epochs 5] [--scale quick] [--json results/benchmarks/bedkd.json]
+    python benchmarks/bench_bedkd.py [--akd-epochs N] [--scale quick] [--json results/benchmarks/bedkd.json]
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class PeakRSS:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--akd-epochs", type=int, default=5)
+    parser.add_argument("--akd-epochs", type=int, help="default: the preset's own (quick 12, fixed 50)")
     parser.add_argument("--scale", default="quick")
     parser.add_argument("--attack", default="badnets")
     parser.add_argument("--json", type=Path, help="also write the measurements with provenance to this file")
@@ -65,7 +65,8 @@ def main() -> None:
     prepared = prepare(dataset="sst2", attack=AttackConfig(name=args.attack), scale=args.scale, seed=0)
     teacher, tokenizer = prepared.victim.model, prepared.victim.tokenizer
     data = DefenderData(clean=prepared.clean_pool, suspect=defender_view(prepared.poisoned.data), num_classes=2)
-    base = make_config(preset="quick" if args.scale == "quick" else "fixed", akd_epochs=args.akd_epochs)
+    preset = "quick" if args.scale == "quick" else "fixed"
+    base = make_config(preset=preset, **({"akd_epochs": args.akd_epochs} if args.akd_epochs else {}))
     dmm_clean, akd_clean = split_clean(data.clean, num_classes=2, dmm_per_class=base.dmm_per_class,
                                        clean_per_class=base.clean_per_class, seed=base.seed)
     dmm = train_dmm(teacher, tokenizer, dmm_clean, num_classes=2, config=base)  # shared: AKD is what differs
@@ -95,7 +96,7 @@ def main() -> None:
     ref, ours = results["reference schedule"], results["as implemented"]
     agree = abs(ref["cacc"] - ours["cacc"]) < 1e-9 and abs(ref["asr"] - ours["asr"]) < 1e-9
     print(f"speed-up: {ref['seconds'] / ours['seconds']:.2f}x   final metrics identical: {agree}")
-    summary = {"akd_epochs": args.akd_epochs, "scale": args.scale, "attack": args.attack, "results": results,
+    summary = {"akd_epochs": base.akd_epochs, "scale": args.scale, "attack": args.attack, "results": results,
                "speedup": round(ref["seconds"] / ours["seconds"], 2), "identical_metrics": agree,
                "provenance": provenance(), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     print(json.dumps(summary, indent=1))

@@ -73,6 +73,20 @@ def test_headline_averages_finished_full_cells_and_quotes_only_the_abstract(resu
     assert book.headline_markdown(("nothing-here",)).startswith("No full-scale cell has finished yet")
 
 
+def test_headline_lists_the_benchmarks_with_their_provenance(results):
+    assert book.benchmarks_markdown() == ""  # none run: no line, never a made-up number
+    (results / "benchmarks").mkdir()
+    prov = {"git_commit": "feedbeef00001111", "device": "cpu (x86_64, 2 cores, 2 threads)", "date": "2026-11-26T15:00:00Z"}
+    (results / "benchmarks" / "book.json").write_text(json.dumps(
+        {"cold_seconds": 900.0, "warm_seconds": 450.0, "budget_seconds": 600.0, "provenance": prov}))
+    (results / "benchmarks" / "bedkd.json").write_text(json.dumps(
+        {"scale": "quick", "akd_epochs": 5, "speedup": 3.5, "identical_metrics": True, "provenance": prov,
+         "results": {"reference schedule": {"seconds": 350.0}, "as implemented": {"seconds": 100.0}}}))
+    text = book.headline_markdown(("full",))
+    assert "450 s with the victims cached (0.75 x the 10-min budget), 900 s from an empty cache (1.50 x)" in text
+    assert "350 s vs 100 s, 3.50x faster, final metrics identical; commit feedbeef0000" in text
+
+
 def test_readme_headline_matches_results():
     from pathlib import Path
 
