@@ -27,10 +27,10 @@ def _no_defense(*, victim, data, config) -> DefenseResult:
     return DefenseResult(model=victim.model, tokenizer=victim.tokenizer)
 
 
-def _bedkd(*, victim, data, config, curve_fn=None) -> DefenseResult:
+def _bedkd(*, victim, data, config, curve_fn=None, oracle_rows=None) -> DefenseResult:
     from .bedkd import bedkd
 
-    return bedkd(victim=victim, data=data, config=config, curve_fn=curve_fn)
+    return bedkd(victim=victim, data=data, config=config, curve_fn=curve_fn, oracle_rows=oracle_rows)
 
 
 BASELINES = {
