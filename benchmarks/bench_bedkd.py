@@ -1,8 +1,8 @@
 """BeDKD as implemented vs BeDKD on the reference code's schedule, side by side in one process.
 
 Reference schedule: the frozen teacher runs forward at every step, and the full clean and triggered test sets are
-evaluated after every AKD epoch. As implemented: teacher outputs computed once per fixed batch, evaluation at the
-end. Same victim, data, seed and hyperparameters; prints wall time, the ratio, peak memory and whether the final
+evaluated after every AKD epoch in file order (batches of 16, dynamic padding, no length sorting), as the reference
+code does. As implemented: teacher outputs computed once per fixed batch, one length-sorted evaluation at the end. Same victim, data, seed and hyperparameters; prints wall time, the ratio, peak memory and whether the final
 metrics agree.
 
     python benchmarks/bench_bedkd.py [--akd-epochs N] [--scale quick] [--json results/benchmarks/bedkd.json]
@@ -24,7 +24,8 @@ from bedkd_core.attacks import AttackConfig
 from bedkd_core.defenses.base import DefenderData, defender_view
 from bedkd_core.defenses.bedkd import make_config, split_clean, train_dmm, agreement_scores, identify_poisoned, akd
 from bedkd_core.experiments import prepare, provenance, write_json_atomic
-from bedkd_core.metrics import evaluate
+from bedkd_core.metrics import accuracy, attack_success_rate, evaluate
+from bedkd_core.victim import tokenize
 
 
 class PeakRSS:
@@ -80,6 +81,20 @@ def main() -> None:
         return evaluate(student, tokenizer, clean_test=full_clean, triggered_test=full_triggered,
                         target_label=prepared.attack.target_label)
 
+    @torch.no_grad()
+    def evaluate_in_file_order(student):  # the reference's per-epoch evaluation: unsorted batches of 16
+        student.eval()
+        predictions = {}
+        for name, split in (("clean", full_clean), ("triggered", full_triggered)):
+            texts, predicted = list(split["text"]), []
+            for start in range(0, len(texts), base.batch_size):
+                batch = tokenize(tokenizer, texts[start : start + base.batch_size], base.max_length)
+                predicted += student(**batch).logits.argmax(-1).tolist()
+            predictions[name] = predicted
+        return {"cacc": accuracy(predictions["clean"], full_clean["label"]),
+                "asr": attack_success_rate(predictions["triggered"], target_label=prepared.attack.target_label,
+                                           source_labels=full_triggered["source_label"])}
+
     results = {}
     for name, config, every_epoch in [
         ("reference schedule", dataclasses.replace(base, cache_teacher=False), True),
@@ -87,7 +102,7 @@ def main() -> None:
     ]:
         with PeakRSS() as memory:
             started = time.perf_counter()
-            on_epoch = (lambda epoch, student: evaluate_full(student)) if every_epoch else None
+            on_epoch = (lambda epoch, student: evaluate_in_file_order(student)) if every_epoch else None
             student, _ = akd(teacher, tokenizer, clean=akd_clean, poisoned=identified, config=config, on_epoch=on_epoch)
             final = evaluate_full(student)
             seconds = time.perf_counter() - started
@@ -97,6 +112,7 @@ def main() -> None:
     agree = abs(ref["cacc"] - ours["cacc"]) < 1e-9 and abs(ref["asr"] - ours["asr"]) < 1e-9
     print(f"speed-up: {ref['seconds'] / ours['seconds']:.2f}x   final metrics identical: {agree}")
     summary = {"akd_epochs": base.akd_epochs, "scale": args.scale, "attack": args.attack, "results": results,
+               "reference_evaluation": "file order, batches of 16",
                "speedup": round(ref["seconds"] / ours["seconds"], 2), "identical_metrics": agree,
                "provenance": provenance(), "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     print(json.dumps(summary, indent=1))

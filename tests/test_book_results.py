@@ -84,7 +84,8 @@ def test_headline_lists_the_benchmarks_with_their_provenance(results):
          "results": {"reference schedule": {"seconds": 350.0}, "as implemented": {"seconds": 100.0}}}))
     text = book.headline_markdown(("full",))
     assert "450 s with the victims cached (0.75 x the 10-min budget), 900 s from an empty cache (1.50 x)" in text
-    assert "350 s vs 100 s, 3.50x faster, final metrics identical; commit feedbeef0000" in text
+    assert "5 epochs, reference evaluation length-sorted (an earlier version of the benchmark)): 350 s vs 100 s, " \
+           "3.50x faster, final metrics identical; commit feedbeef0000" in text
 
 
 def test_readme_headline_matches_results():
