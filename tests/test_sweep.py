@@ -117,6 +117,7 @@ def test_ablation_grids_carry_their_options():
     assert {c.defense for c in poison.values()} == {"none"}
     dmm = {c.defense: c for c in load_grid("ablation-dmm").cells}
     assert dmm["bedkd-tau0.05"].defense_options == {"tau": 0.05} and not dmm["bedkd-tau0.05"].unsupported
+    assert not dmm["bedkd-identify-oracle"].unsupported and not dmm["bedkd-identify-random"].unsupported
     assert expected_settings(dmm["bedkd-scan-file_order"], scale="full", model=None)["defense"]["scan"] == "file_order"
     akd = {c.defense: c for c in load_grid("ablation-akd").cells}
     assert expected_settings(akd["bedkd-trust-only"], scale="full", model=None)["defense"]["n_poison"] == 0
