@@ -2,8 +2,9 @@
 
 Reference schedule: the frozen teacher runs forward at every step, and the full clean and triggered test sets are
 evaluated after every AKD epoch in file order (batches of 16, dynamic padding, no length sorting), as the reference
-code does. As implemented: teacher outputs computed once per fixed batch, one length-sorted evaluation at the end. Same victim, data, seed and hyperparameters; prints wall time, the ratio, peak memory and whether the final
-metrics agree.
+code does. As implemented: teacher outputs computed once per fixed batch, one length-sorted evaluation at the end.
+Same victim, data, seed and hyperparameters; prints wall time, the ratio, peak memory and whether the final metrics
+agree.
 
     python benchmarks/bench_bedkd.py [--akd-epochs N] [--scale quick] [--json results/benchmarks/bedkd.json]
 """
@@ -58,7 +59,7 @@ class PeakRSS:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--akd-epochs", type=int, help="default: the preset's own (quick 12, fixed 50)")
+    parser.add_argument("--akd-epochs", type=int, help="default: the preset's own")
     parser.add_argument("--scale", default="quick")
     parser.add_argument("--attack", default="badnets")
     parser.add_argument("--json", type=Path, help="also write the measurements with provenance to this file")
