@@ -230,8 +230,8 @@ def test_train_dmm_reuses_the_cached_dmm_only_for_the_same_teacher_data_and_sett
 
     calls = []
     monkeypatch.setattr(bk, "_distill_step", lambda *a, **k: calls.append(1) or 0.0)
-    reused = bk.train_dmm(teacher, tokenizer, rows, num_classes=2, config=config)
-    assert calls == [] and weights_digest(reused) == weights_digest(trained)
+    reused, from_cache = bk._dmm_and_cache_hit(teacher, tokenizer, rows, num_classes=2, config=config, cache=True)
+    assert from_cache and calls == [] and weights_digest(reused) == weights_digest(trained)
     # Another setting, other data or another teacher: a different cache entry, so the DMM is trained again.
     assert bk.dmm_cache_path(teacher, rows, num_classes=2, config=make_config(preset="quick", dmm_epochs=2,
                                                                               batch_size=8)) != path

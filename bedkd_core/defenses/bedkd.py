@@ -231,10 +231,16 @@ def train_dmm(teacher, tokenizer, dmm_clean: Dataset, *, num_classes: int, confi
     With `cache`, the DMM is saved (safetensors) at `dmm_cache_path` and reused by any later call with the same
     teacher weights, data and settings: chapter 5's BeDKD run reuses chapter 4's DMM instead of retraining it.
     """
+    return _dmm_and_cache_hit(teacher, tokenizer, dmm_clean, num_classes=num_classes, config=config, cache=cache)[0]
+
+
+def _dmm_and_cache_hit(teacher, tokenizer, dmm_clean: Dataset, *, num_classes: int, config: BeDKDConfig,
+                       cache: bool):
+    """`train_dmm`'s work; also says whether the DMM came from the cache (hashing the teacher only once)."""
     folder = dmm_cache_path(teacher, dmm_clean, num_classes=num_classes, config=config) if cache else None
     if folder is not None and (folder / "bedkd.json").is_file():
         dmm, _ = load_classifier(str(folder), num_labels=num_classes)
-        return dmm.eval()
+        return dmm.eval(), True
     seed_everything(config.seed)
     flipped = Dataset.from_dict({"text": list(dmm_clean["text"]),
                                  "label": flip_labels(dmm_clean["label"], num_classes=num_classes)})
@@ -247,7 +253,7 @@ def train_dmm(teacher, tokenizer, dmm_clean: Dataset, *, num_classes: int, confi
     dmm.eval()
     if folder is not None:
         save_model(dmm, tokenizer, folder, {"settings": {name: getattr(config, name) for name in DMM_SETTINGS}})
-    return dmm
+    return dmm, False
 
 
 # ---------------------------------------------------------------- stage 2: identification (chapter 4)
@@ -413,9 +419,9 @@ def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None, ora
     scores = reference = None
     info_dmm = {}
     if config.identify == "agreement":
-        cached = dmm_cache_path(teacher, dmm_clean, num_classes=data.num_classes, config=config)
-        info_dmm["dmm_from_cache"] = (cached / "bedkd.json").is_file()  # then the wall time excludes DMM training
-        dmm = train_dmm(teacher, tokenizer, dmm_clean, num_classes=data.num_classes, config=config)
+        dmm, from_cache = _dmm_and_cache_hit(teacher, tokenizer, dmm_clean, num_classes=data.num_classes,
+                                             config=config, cache=True)
+        info_dmm["dmm_from_cache"] = from_cache  # then the wall time excludes DMM training
         scores = agreement_scores(teacher, dmm, tokenizer, suspect_texts, max_length=config.max_length)
         reference = agreement_scores(teacher, dmm, tokenizer, list(akd_clean["text"]), max_length=config.max_length)
         reference["labels"] = np.asarray(akd_clean["label"])
