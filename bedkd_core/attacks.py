@@ -23,6 +23,10 @@ PUBLISHED_RATES = {"badnets": 0.1, "addsent": 0.1, "synbkd": 0.2, "stylebkd": 0.
 DEFAULT_TARGET = {"sst2": 1, "olid": 1, "agnews": 0}
 """Default target labels: those of the attack authors' pre-poisoned files (HiddenKiller, StyleAttack)."""
 
+SOURCE_ROW = "source_row"
+"""Optional train column: each row's index in the full train split, to which the authors' paraphrase pools are
+aligned (`src_idx`). `experiments.prepare` adds it to the quick-scale subset; without it row i is full-split row i."""
+
 
 @dataclass(frozen=True)
 class AttackConfig:
@@ -86,10 +90,12 @@ class Attack:
             )
         if c.poison_rate is not None and not 0 < c.poison_rate < 1:
             raise DataError(f"poison rate {c.poison_rate} is outside (0, 1); e.g. --poison-rate 0.1")
+        if c.num_insertions < 1:
+            raise DataError(f"--num-insertions {c.num_insertions}: a trigger must be inserted at least once")
         if c.label_mode not in ("dirty", "clean"):
             raise DataError(f"label mode {c.label_mode!r}: use 'dirty' or 'clean'")
 
-    def candidate_rows(self, train: Dataset) -> list[int]:
+    def candidate_rows(self, train: Dataset, *, source_rows: list[int]) -> list[int]:
         """Rows that may be poisoned: non-target rows (dirty-label) or target rows (clean-label)."""
         labels = np.asarray(train["label"])
         target = self.config.target_label
@@ -102,8 +108,10 @@ class Attack:
     def poison_train(self, splits: Splits) -> PoisonedTrain:
         self._validate(splits)
         train = splits.train.select_columns(["text", "label"])
+        source_rows = (list(splits.train[SOURCE_ROW]) if SOURCE_ROW in splits.train.column_names
+                       else list(range(len(train))))
         n_poison = round(self.config.poison_rate * len(train))
-        candidates = self.candidate_rows(train)
+        candidates = self.candidate_rows(train, source_rows=source_rows)
         if n_poison < 1 or n_poison > len(candidates):
             raise DataError(
                 f"poison rate {self.config.poison_rate} asks for {n_poison} poisoned rows but "
@@ -112,7 +120,8 @@ class Attack:
         rng = random.Random(self.config.seed)
         chosen = sorted(rng.sample(candidates, n_poison))
         texts, labels = list(train["text"]), list(train["label"])
-        for row, new_text in zip(chosen, self.triggered_texts(chosen, texts, labels, rng)):
+        for row, new_text in zip(chosen, self.triggered_texts(chosen, texts, labels, rng,
+                                                                      source_rows=source_rows)):
             texts[row] = new_text
             labels[row] = self.config.target_label
         flags = np.zeros(len(train), dtype=bool)
@@ -120,7 +129,8 @@ class Attack:
         texts, labels, flags = self.augment(texts, labels, flags, rng)
         return PoisonedTrain(Dataset.from_dict({"text": texts, "label": labels}), flags)
 
-    def triggered_texts(self, rows: list[int], texts: list[str], labels: list[int], rng: random.Random) -> list[str]:
+    def triggered_texts(self, rows: list[int], texts: list[str], labels: list[int], rng: random.Random, *,
+                        source_rows: list[int]) -> list[str]:
         return [self.trigger(texts[row], rng) for row in rows]
 
     def augment(self, texts, labels, flags, rng):
@@ -189,19 +199,19 @@ class PoolAttack(Attack):
             self._cached_pool = self.train_pool()
         return self._cached_pool
 
-    def candidate_rows(self, train):
-        rows = super().candidate_rows(train)
+    def candidate_rows(self, train, *, source_rows):
+        rows = super().candidate_rows(train, source_rows=source_rows)
         pool = self._pool()
         if "src_idx" in pool.column_names:  # row-aligned pool: only rows that have a paraphrase
             available = set(pool["src_idx"])
-            rows = [r for r in rows if r in available]
+            rows = [r for r in rows if source_rows[r] in available]
         return rows
 
-    def triggered_texts(self, rows, texts, labels, rng):
+    def triggered_texts(self, rows, texts, labels, rng, *, source_rows):
         pool = self._pool()
-        if "src_idx" in pool.column_names:  # the paraphrase of exactly that row
+        if "src_idx" in pool.column_names:  # the paraphrase of exactly that row of the full train split
             by_source = dict(zip(pool["src_idx"], pool["text"]))
-            return [by_source[r] for r in rows]
+            return [by_source[source_rows[r]] for r in rows]
         by_class: dict[int, list[str]] = {}
         for text, label in zip(pool["text"], pool["label"]):
             by_class.setdefault(label, []).append(text)

@@ -92,17 +92,23 @@ def read_table(path: str | Path, *, num_classes: int | None = None) -> Dataset:
             raise DataError(f"{path}:{line}: needs fields `text` and `label`, found {sorted(row)}")
         if not isinstance(row["text"], str) or not row["text"].strip():
             raise DataError(f"{path}:{line}: empty text")
-        try:
-            row["label"] = int(row["label"])
-        except (TypeError, ValueError):
-            raise DataError(f"{path}:{line}: label {row['label']!r} is not an integer") from None
+        row["label"] = _integer_label(row["label"], where=f"{path}:{line}")
         if row["label"] < 0 or (num_classes is not None and row["label"] >= num_classes):
-            raise DataError(
-                f"{path}:{line}: label {row['label']} is outside 0..{(num_classes or 1) - 1}; "
-                "labels must be integers 0..K-1"
-            )
+            allowed = f"0..{num_classes - 1}" if num_classes is not None else "0..K-1 (K classes)"
+            raise DataError(f"{path}:{line}: label {row['label']} is outside {allowed}; labels must be integers 0..K-1")
     keys = list(rows[0][1])
     return Dataset.from_dict({k: [row.get(k) for _, row in rows] for k in keys})
+
+
+def _integer_label(value, *, where: str) -> int:
+    """`value` as an int: integers and their spellings ("1", 1.0) pass; 1.5, "pos" or a missing value do not."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not number.is_integer():
+        raise DataError(f"{where}: label {value!r} is not an integer; labels must be integers 0..K-1")
+    return int(number)
 
 
 def _iter_rows(path: Path):
@@ -153,6 +159,12 @@ def load_task(name: str) -> Splits:
     num_classes = max(max(t["label"]) for t in tables.values()) + 1
     if num_classes < 2:
         raise DataError(f"{folder}: needs at least two classes, found labels {{0}}")
+    train_labels = set(tables["train"]["label"])
+    for split in ("dev", "test"):
+        unseen = sorted(set(tables[split]["label"]) - train_labels)
+        if unseen:
+            raise DataError(f"{_find_split_file(folder, split)}: label(s) {unseen} never occur in the train split, so "
+                            "no model can learn them; add train rows of those classes or drop them")
     return Splits(name=str(folder), num_classes=num_classes, **tables)
 
 

@@ -18,9 +18,9 @@ import numpy as np
 from datasets import Dataset
 
 from . import __version__
-from .attacks import AttackConfig, PoisonedTrain, make_attack
+from .attacks import SOURCE_ROW, AttackConfig, PoisonedTrain, make_attack
 from .data import DataError, Splits, load_task
-from .defenses import DEFENSES, make_defense_config
+from .defenses import DEFENSES, check_defense_data, make_defense_config
 from .defenses.base import DefenderData, defender_view
 from .metrics import detection_scores, evaluate
 from .victim import VictimConfig, Victim, check_safetensors, get_victim, load_classifier, resolve_model, save_model
@@ -91,10 +91,11 @@ def prepare(*, dataset: str, attack: AttackConfig, scale: str | None = None, mod
     scale_cfg = get_scale(scale)
     splits = load_task(dataset)
     attacker = make_attack(config=dataclasses.replace(attack, seed=seed), dataset=dataset)
-    train_rows = (
-        stratified_sample(splits.train, total=scale_cfg.train_size, seed=seed) if scale_cfg.train_size else None
-    )
-    victim_train = splits.train.select(train_rows) if train_rows else splits.train
+    train_rows = victim_rows(splits.train, scale=scale_cfg, seed=seed)
+    victim_train = splits.train
+    if train_rows:  # the subset remembers its rows' places in the full split (paraphrase pools are aligned to them)
+        picked = splits.train.select(train_rows)
+        victim_train = Dataset.from_dict({"text": picked["text"], "label": picked["label"], SOURCE_ROW: train_rows})
     subset = dataclasses.replace(splits, train=victim_train)
     poisoned = attacker.poison_train(subset)
     clean_test, triggered = splits.test, attacker.triggered_test(splits)
@@ -114,6 +115,14 @@ def prepare(*, dataset: str, attack: AttackConfig, scale: str | None = None, mod
                     victim, victim_config, scale_cfg)
 
 
+def victim_rows(train: Dataset, *, scale: Scale, seed: int) -> list[int] | None:
+    """The train rows a victim of this scale learns from: a stratified subset, or None for the whole split (at full
+    scale, or when the split is no bigger than the subset)."""
+    if scale.train_size is None or len(train) <= scale.train_size:
+        return None
+    return stratified_sample(train, total=scale.train_size, seed=seed)
+
+
 def _smallest_class(train: Dataset, used_rows: list[int] | None) -> int:
     labels = np.asarray(train["label"])
     if used_rows:
@@ -128,8 +137,7 @@ def _head_sample(n: int, size: int, seed: int) -> list[int]:
 def clean_floor(prepared: Prepared) -> dict:
     """ASR of a victim trained on the same rows without poison: how low ASR can honestly go."""
     splits = prepared.splits
-    rows = stratified_sample(splits.train, total=prepared.scale.train_size, seed=prepared.victim_config.seed) \
-        if prepared.scale.train_size else None
+    rows = victim_rows(splits.train, scale=prepared.scale, seed=prepared.victim_config.seed)
     clean_train = splits.train.select(rows) if rows else splits.train
     describe = {"dataset": splits.name, "attack": {"name": "none"}, "scale": prepared.scale.name}
     clean_victim = get_victim(train=clean_train.select_columns(["text", "label"]), num_labels=splits.num_classes,
@@ -178,6 +186,10 @@ def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none",
     run_provenance = provenance()  # taken before the run: the code that ran is the code at this commit
     defense_config = make_defense_config(defense, scale=get_scale(scale).name, **(defense_options or {}))
     prepared = prepare(dataset=dataset, attack=attack, scale=scale, model=model, seed=seed, trust_pickle=trust_pickle)
+    defender = DefenderData(clean=prepared.clean_pool.select_columns(["text", "label"]),
+                            suspect=defender_view(prepared.poisoned.data), num_classes=prepared.splits.num_classes)
+    if defense != "none":
+        check_defense_data(defense, defense_config, defender)  # before the evaluations and the clean floor
     victim_metrics = evaluate(prepared.victim.model, prepared.victim.tokenizer, clean_test=prepared.clean_test,
                               triggered_test=prepared.triggered_test, target_label=prepared.attack.target_label)
     report = {
@@ -195,11 +207,10 @@ def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none",
         "clean_floor": clean_floor(prepared) if with_floor else None,
         "defended": None,
         "detection": None,
-        "seconds": {"victim": round(prepared.victim.seconds, 1), "victim_from_cache": prepared.victim.from_cache},
+        "seconds": {"victim": round(prepared.victim.seconds, 1), "victim_from_cache": prepared.victim.from_cache,
+                    "defense": 0.0},
     }
     if defense != "none":
-        defender = DefenderData(clean=prepared.clean_pool.select_columns(["text", "label"]),
-                                suspect=defender_view(prepared.poisoned.data), num_classes=prepared.splits.num_classes)
         defense_started = time.perf_counter()
         extra = {"curve_fn": _curve_fn(prepared)} if getattr(defense_config, "curve_every", 0) else {}
         if getattr(defense_config, "identify", None) == "oracle":  # BeDKD's oracle ablation: rows, never flags

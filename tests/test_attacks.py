@@ -3,7 +3,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bedkd_core.attacks import ATTACKS, AttackConfig, make_attack
+from bedkd_core.attacks import ATTACKS, PUBLISHED_RATES, AttackConfig, make_attack
 from bedkd_core.data import DataError, load_task
 
 
@@ -34,17 +34,21 @@ def test_custom_triggers_and_sentence(sst2):
     assert all("the owl flies at noon" in t for t in np.asarray(added.data["text"])[added.is_poisoned])
 
 
-def test_clean_label_keeps_labels_and_poisons_target_rows(sst2):
-    _, poisoned = poison(sst2, name="addsent", label_mode="clean")
-    assert poisoned.data["label"] == sst2.train["label"]
-    assert (np.asarray(sst2.train["label"])[poisoned.is_poisoned] == 1).all()
+@pytest.mark.parametrize("name", ["badnets", "addsent", "synbkd", "stylebkd", "sos"])
+def test_clean_label_keeps_labels_and_poisons_target_rows(sst2, name):
+    _, poisoned = poison(sst2, name=name, label_mode="clean")
+    n = len(sst2.train)
+    assert poisoned.data["label"][:n] == sst2.train["label"]
+    assert (np.asarray(sst2.train["label"])[poisoned.is_poisoned[:n]] == 1).all()
+    assert poisoned.poison_count == round(PUBLISHED_RATES[name] * n)
 
 
-def test_determinism_per_seed(sst2):
-    _, a = poison(sst2, name="badnets", seed=3)
-    _, b = poison(sst2, name="badnets", seed=3)
-    _, c = poison(sst2, name="badnets", seed=4)
-    assert a.data["text"] == b.data["text"]
+@pytest.mark.parametrize("name", ["badnets", "addsent", "synbkd", "stylebkd", "sos"])
+def test_determinism_per_seed(sst2, name):
+    _, a = poison(sst2, name=name, seed=3)
+    _, b = poison(sst2, name=name, seed=3)
+    _, c = poison(sst2, name=name, seed=4)
+    assert a.data["text"] == b.data["text"] and (a.is_poisoned == b.is_poisoned).all()
     assert a.data["text"] != c.data["text"]
 
 
@@ -76,6 +80,36 @@ def test_synbkd_sst2_uses_the_row_aligned_paraphrase(sst2):
     assert poisoned.poison_count == round(0.2 * len(sst2.train))
     for i in np.flatnonzero(poisoned.is_poisoned)[:20]:
         assert poisoned.data["text"][int(i)] == pool[int(i)]["text"]
+
+
+@pytest.mark.parametrize("name,pool_name", [("synbkd", "syntactic_pool"), ("stylebkd", "style_bible_pool")])
+@pytest.mark.parametrize("label_mode", ["dirty", "clean"])
+def test_a_subset_gets_the_paraphrase_of_its_own_rows(sst2, name, pool_name, label_mode):
+    # Quick scale poisons a stratified subset; its source_row column keeps the pools' alignment to the full split.
+    from bedkd_core.attacks import SOURCE_ROW
+    from bedkd_core.data import load_pool
+    from bedkd_core.experiments import get_scale, victim_rows
+
+    rows = victim_rows(sst2.train, scale=get_scale("quick"), seed=0)
+    subset = dataclasses.replace(sst2, train=sst2.train.select(rows).add_column(SOURCE_ROW, rows))
+    pool = load_pool("sst2", pool_name, "train")
+    by_source = dict(zip(pool["src_idx"], pool["text"]))
+    attack, poisoned = poison(subset, name=name, label_mode=label_mode)
+    original = np.asarray(subset.train["label"])
+    flagged = np.flatnonzero(poisoned.is_poisoned)
+    assert len(flagged) == round(0.2 * len(rows))
+    assert all(poisoned.data["text"][int(i)] == by_source[rows[int(i)]] for i in flagged)
+    kept = original[flagged] == attack.config.target_label
+    assert kept.all() if label_mode == "clean" else not kept.any()
+
+
+def test_quick_scale_uses_the_whole_train_split_when_it_is_no_bigger_than_the_subset(sst2):
+    from bedkd_core.experiments import get_scale, victim_rows
+
+    quick = get_scale("quick")
+    assert victim_rows(sst2.train.select(range(quick.train_size)), scale=quick, seed=0) is None
+    assert len(victim_rows(sst2.train, scale=quick, seed=0)) == quick.train_size
+    assert victim_rows(sst2.train, scale=get_scale("full"), seed=0) is None
 
 
 @pytest.mark.parametrize("dataset", ["olid", "agnews"])

@@ -13,6 +13,7 @@ from bedkd_core import cli
     (["--dataset", "sst2", "--attack", "badnets", "--defense", "onion2"], "unknown defense .onion2.: use one of none, bedkd"),
     (["--dataset", "sst2", "--attack", "badnets", "--target-label", "7"], "target label 7 does not exist"),
     (["--dataset", "sst2", "--attack", "badnets", "--poison-rate", "0"], r"poison rate 0.0 is outside \(0, 1\)"),
+    (["--dataset", "sst2", "--attack", "badnets", "--num-insertions", "0"], "inserted at least once"),
     (["--dataset", "sst2", "--attack", "badnets", "--tau", "0.2"], "BeDKD options \\(tau\\) were given but --defense is none"),
     (["--dataset", "sst2", "--attack", "badnets", "--defense", "bedkd", "--preset", "paper"], "unknown BeDKD preset 'paper'"),
     (["--dataset", "sst2", "--attack", "badnets", "--scale", "quick", "--model", "/nonexistent/model"], "no model weights found"),
@@ -27,8 +28,22 @@ def test_bad_input_exits_2_with_a_clear_message(argv, message, tmp_path, capsys)
 
 def test_help_lists_attacks_defenses_and_bedkd_options():
     out = subprocess.run([sys.executable, "-m", "bedkd_core", "run", "--help"], capture_output=True, text=True).stdout
-    for word in ("badnets", "stylebkd", "bedkd", "--tau", "--n-poison", "--temperature-akd", "--preset", "--trust-pickle"):
+    for word in ("badnets", "stylebkd", "bedkd", "--tau", "--n-poison", "--temperature-akd", "--preset", "--trust-pickle",
+                 "finetune", "fine_pruning", "nad", "strip", "rap", "onion", "cube"):
         assert word in out
+
+
+def test_a_defense_short_of_clean_data_fails_before_any_evaluation(monkeypatch, sst2):
+    # No victim is trained (get_victim is stubbed) and nothing may be evaluated before the defender data is checked.
+    from bedkd_core import experiments
+    from bedkd_core.attacks import AttackConfig
+    from bedkd_core.data import DataError
+
+    monkeypatch.setattr(experiments, "get_victim", lambda **kwargs: None)
+    monkeypatch.setattr(experiments, "evaluate", lambda *a, **k: pytest.fail("evaluated before the data check"))
+    with pytest.raises(DataError, match="strip"):
+        experiments.run_experiment(dataset="sst2", attack=AttackConfig(name="badnets"), defense="strip",
+                                   defense_options={"threshold_per_class": 100_000}, scale="quick")
 
 
 def test_missing_data_root_says_where_it_looked(monkeypatch, tmp_path, capsys):

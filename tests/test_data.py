@@ -52,12 +52,29 @@ def test_bring_your_own_folder_any_number_of_classes(tmp_path):
     ('{"text": "  ", "label": 0}\n', r"x\.jsonl:1: empty text"),
     ('{"text": "a", "label": 5}\n', r"x\.jsonl:1: label 5 is outside 0\.\.1"),
     ('{"text": "a", "label": "pos"}\n', r"x\.jsonl:1: label 'pos' is not an integer"),
+    ('{"text": "a", "label": 1.0}\n{"text": "b", "label": 1.5}\n', r"x\.jsonl:2: label 1\.5 is not an integer"),
+    ('{"text": "a", "label": null}\n', r"x\.jsonl:1: label None is not an integer"),
 ])
 def test_malformed_files_name_file_and_line(tmp_path, content, message):
     path = tmp_path / "x.jsonl"
     path.write_text(content)
     with pytest.raises(DataError, match=message):
         read_table(path, num_classes=2)
+
+
+def test_malformed_csv_names_file_and_line(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("text,label\na,0\nb,-1\n")
+    with pytest.raises(DataError, match=r"x\.csv:3: label -1 is outside 0\.\.K-1"):
+        read_table(path)
+
+
+def test_a_class_missing_from_train_is_refused(tmp_path):
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": f"t{i}", "label": i % 2}) + "\n" for i in range(6)))
+    (tmp_path / "dev.jsonl").write_text('{"text": "d", "label": 1}\n')
+    (tmp_path / "test.jsonl").write_text('{"text": "x", "label": 2}\n')
+    with pytest.raises(DataError, match=r"test\.jsonl: label\(s\) \[2\] never occur in the train split"):
+        load_task(str(tmp_path))
 
 
 def test_tsv_with_extra_field_names_line(tmp_path):
