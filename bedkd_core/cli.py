@@ -140,6 +140,10 @@ def _print_report(report: dict) -> None:
     print(f"{'model':<28}{'CACC':>8}{'ASR':>8}")
     for name, metrics in rows:
         print(f"{name:<28}{metrics.get('cacc', float('nan')):>8.3f}{metrics['asr']:>8.3f}")
+    defended = report.get("defended") or {}
+    if "frr" in defended:
+        print(f"input filter: FRR {defended['frr']:.3f} (clean inputs rejected), FAR {defended['far']:.3f} "
+              f"(triggered inputs accepted), CACC over all clean inputs {defended['cacc_all']:.3f}")
     if report.get("detection"):
         d = report["detection"]
         print(f"detection: {d['n_flagged']} flagged, precision {d['precision']:.2f}, recall {d['recall']:.3f}")

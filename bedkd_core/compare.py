@@ -28,12 +28,13 @@ import torch
 
 from .attacks import ATTACKS, AttackConfig
 from .data import NUM_CLASSES, DataError
-from .defenses import DEFENSES, KINDS, NotRunnable, check_defense_data, config_fields, make_defense_config
+from .defenses import (DEFENSES, KINDS, NotRunnable, check_defense_data, config_fields, make_defense_config,
+                       with_threat_model)
 from .defenses.base import DefenderData, defender_view
 from .experiments import clean_floor, get_scale, prepare, provenance, write_json_atomic
 from .metrics import detection_scores, evaluate, evaluate_defense
 
-COLUMNS = ["defense", "kind", "status", "cacc", "asr", "frr", "far", "det_precision", "det_recall", "n_flagged",
+COLUMNS = ["defense", "kind", "status", "cacc", "asr", "frr", "far", "cacc_all", "det_precision", "det_recall", "n_flagged",
            "clean_rows", "suspect_rows", "dev_rows", "eval_clean", "eval_triggered", "defense_s", "eval_s"]
 
 
@@ -89,7 +90,10 @@ def compare(*, dataset: str, attack: AttackConfig, defenses: str | list[str], sc
     names = parse_defenses(defenses)
     scale_name = get_scale(scale).name
     options = options or {}
-    configs = {n: make_defense_config(n, scale=scale_name, **dict(options.get(n, {}))) for n in names}
+    target = attack.resolved(dataset).target_label
+    configs = {n: make_defense_config(n, scale=scale_name,
+                                      **with_threat_model(n, dict(options.get(n, {})), target_label=target))
+               for n in names}
     prepared = prepare(dataset=dataset, attack=attack, scale=scale_name, model=model, seed=seed)
     defender = DefenderData(clean=prepared.clean_pool.select_columns(["text", "label"]),
                             suspect=defender_view(prepared.poisoned.data), num_classes=prepared.splits.num_classes)
@@ -152,6 +156,7 @@ def compare(*, dataset: str, attack: AttackConfig, defenses: str | list[str], sc
                     "dev": 0}
         det = detection_scores(result.flagged, prepared.poisoned.is_poisoned) if result.flagged is not None else {}
         row = _row(n, cacc=metrics["cacc"], asr=metrics["asr"], frr=metrics.get("frr"), far=metrics.get("far"),
+                   cacc_all=metrics.get("cacc_all"),
                    det_precision=det.get("precision"), det_recall=det.get("recall"), n_flagged=det.get("n_flagged"),
                    clean_rows=used.get("clean"), suspect_rows=used.get("suspect"), dev_rows=used.get("dev"),
                    eval_clean=metrics.get("n_clean", len(prepared.clean_test)),
@@ -200,11 +205,15 @@ def to_markdown(table: dict) -> str:
     for row in table["rows"]:
         lines.append("| " + " | ".join(_fmt(row[c], c).replace("|", "/") for c in cols) + " |")
     notes = ["", "CACC of an input filter is over accepted clean inputs; its ASR counts a rejected triggered input "
-             "as an attack failure; FRR = clean inputs rejected, FAR = triggered inputs accepted. "
+             "as an attack failure; FRR = clean inputs rejected, FAR = triggered inputs accepted; cacc_all = clean "
+             "inputs accepted and classified correctly, out of all (a rejection counts as an error). "
              "clean/suspect/dev_rows = defender rows the defense used; eval_* = test rows evaluated."]
     if table.get("clean_floor"):
         f = table["clean_floor"]
         notes.append(f"Clean-model floor (same rows, no poison): CACC {f['cacc']:.3f}, ASR {f['asr']:.3f}.")
+    lm = table.get("details", {}).get("onion", {}).get("summary", {}).get("lm")
+    if lm:
+        notes.append(f"ONION's causal LM: {lm}.")
     if not table.get("complete", True):
         notes.append("PARTIAL: the run had not finished every defense when this table was written.")
     notes.append(f"Total wall time {table.get('seconds_total', 0):.0f} s on {table['provenance']['device']}; "

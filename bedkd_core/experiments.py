@@ -20,7 +20,7 @@ from datasets import Dataset
 from . import __version__
 from .attacks import SOURCE_ROW, AttackConfig, PoisonedTrain, make_attack
 from .data import DataError, Splits, load_task
-from .defenses import DEFENSES, check_defense_data, make_defense_config
+from .defenses import DEFENSES, check_defense_data, make_defense_config, with_threat_model
 from .defenses.base import DefenderData, defender_view
 from .metrics import detection_scores, evaluate
 from .victim import VictimConfig, Victim, check_safetensors, get_victim, load_classifier, resolve_model, save_model
@@ -184,7 +184,8 @@ def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none",
     """Train or reuse the victim, apply the defense, evaluate; return (and optionally write) the report."""
     started = time.perf_counter()
     run_provenance = provenance()  # taken before the run: the code that ran is the code at this commit
-    defense_config = make_defense_config(defense, scale=get_scale(scale).name, **(defense_options or {}))
+    options = with_threat_model(defense, defense_options or {}, target_label=attack.resolved(dataset).target_label)
+    defense_config = make_defense_config(defense, scale=get_scale(scale).name, **options)
     prepared = prepare(dataset=dataset, attack=attack, scale=scale, model=model, seed=seed, trust_pickle=trust_pickle)
     defender = DefenderData(clean=prepared.clean_pool.select_columns(["text", "label"]),
                             suspect=defender_view(prepared.poisoned.data), num_classes=prepared.splits.num_classes)

@@ -135,6 +135,17 @@ def test_protected_label_is_the_class_the_suspect_labels_over_represent():
     assert label == 1 and excess["1"] > 0 > excess["0"]
 
 
+def test_the_harness_gives_rap_the_protected_label_its_threat_model_grants():
+    # On OLID (a third offensive) a balanced clean pool makes the label-share inference pick the wrong class,
+    # so bedkd run / compare pass the attack's target, as RAP's defender knows it; nothing else changes.
+    from bedkd_core.defenses import with_threat_model
+
+    assert infer_protected_label([0] * 57 + [1] * 43, [0] * 50 + [1] * 50, 2)[0] == 0  # OLID-like, target 1
+    assert with_threat_model("rap", {}, target_label=1) == {"protected_label": 1}
+    assert with_threat_model("rap", {"protected_label": 0}, target_label=1) == {"protected_label": 0}
+    assert with_threat_model("strip", {"frr": 0.05}, target_label=1) == {"frr": 0.05}
+
+
 def test_cube_drops_the_minor_clusters_of_each_label_only():
     labels = np.array([0] * 10 + [1] * 12)
     clusters = np.array([0] * 8 + [-1] * 2 + [1] * 9 + [2] * 3)
@@ -153,7 +164,7 @@ def test_held_out_rows_come_from_dev_when_it_is_big_enough_else_clean_else_an_er
     assert source == "clean" and len(used) == 30
     with pytest.raises(DataError, match="defense 'strip' needs 16 held-out clean rows per class.*5 per class"):
         held_out_split(data, per_class=16, seed=0, defense="strip", reserve_per_class=5)
-    with pytest.raises(DataError, match="defense 'finetune' needs 320 clean rows per class"):
+    with pytest.raises(DataError, match="defense 'finetune' needs 400 clean rows per class"):
         check_defense_data("finetune", make_defense_config("finetune", scale="full"), data)
 
 

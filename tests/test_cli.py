@@ -50,3 +50,12 @@ def test_missing_data_root_says_where_it_looked(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("BEDKD_DATA", str(tmp_path / "nowhere"))
     assert cli.main(["run", "--dataset", "sst2", "--attack", "badnets", "--out", str(tmp_path)]) == 2
     assert "does not hold the datasets" in capsys.readouterr().err
+
+
+def test_the_printed_table_shows_an_input_filters_rejection_rates(capsys):
+    report = {"dataset": "sst2", "attack": {"name": "badnets"}, "scale": "quick", "seed": 0,
+              "defense": {"name": "strip"}, "victim": {"cacc": 0.86, "asr": 0.99}, "clean_floor": None,
+              "defended": {"cacc": 0.85, "asr": 0.12, "frr": 0.04, "far": 0.88, "cacc_all": 0.82}, "detection": None}
+    cli._print_report(report)
+    out = capsys.readouterr().out
+    assert "defended (strip)" in out and "FRR 0.040" in out and "FAR 0.880" in out and "0.820" in out

@@ -66,10 +66,11 @@ def test_tables_render_every_column_and_mark_missing_values():
     rows[1].update(defense="onion", kind="input sanitiser", status="not run: needs a causal LM | x")
     table = {"dataset": "sst2", "attack": {"name": "badnets"}, "scale": "quick", "seed": 0, "columns": compare.COLUMNS,
              "rows": rows, "clean_floor": {"cacc": 0.87, "asr": 0.04}, "seconds_total": 12.0,
-             "provenance": {"device": "cpu", "git_commit": "abc"}}
+             "provenance": {"device": "cpu", "git_commit": "abc"},
+             "details": {"onion": {"summary": {"lm": "SmolLM2-135M"}}}}
     md = compare.to_markdown(table)
     assert "| none | victim | done | 0.860 | 0.990 | — |" in md and "not run: needs a causal LM / x" in md
-    assert "Clean-model floor" in md
+    assert "Clean-model floor" in md and "ONION's causal LM: SmolLM2-135M." in md
     csv_text = compare.to_csv(table)
     assert csv_text.splitlines()[0] == ",".join(compare.COLUMNS) and len(csv_text.splitlines()) == 3
 

@@ -68,6 +68,17 @@ def make_defense_config(name: str, *, scale: str = "quick", **options) -> Defens
     return DefenseConfig()
 
 
+def with_threat_model(name: str, options: dict, *, target_label: int) -> dict:
+    """`options` plus what a defense's threat model lets the defender know, for the harness (run_experiment, compare).
+
+    RAP's defender knows the label it protects (Yang et al. 2021), which is the attack's target, so it is passed
+    unless the user named one. This is one label for the whole task, never anything per row.
+    """
+    if name == "rap" and options.get("protected_label") is None:
+        return {**options, "protected_label": target_label}
+    return dict(options)
+
+
 def check_defense_data(name: str, config: DefenseConfig, data: DefenderData) -> None:
     """Fail fast (DataError naming the defense and what is missing) before any defense runs."""
     if name in BASELINES:
@@ -139,7 +150,7 @@ OPTION_HELP = {
     "prob_range": "rap: wanted drop of the protected label's probability, lo,hi",
     "optimizer": "rap: adam or sgd (the reference's plain gradient step) for the RAP word",
     "train_per_class": "rap: clean rows per class set aside to train the RAP word",
-    "protected_label": "rap: the label to protect (default: inferred from the suspect labels)",
+    "protected_label": "rap: the label to protect (default: the attack's target, which RAP's defender knows)",
     "components": "cube: PCA dimensions before HDBSCAN",
     "min_cluster_size": "cube: HDBSCAN min_cluster_size (0 = 2%% of rows)",
     "min_samples": "cube: HDBSCAN min_samples (0 = min(100, 5%% of rows))",

@@ -29,7 +29,7 @@ from .base import DefenderData, DefenseConfig, DefenseResult
 class FinePruningConfig(DefenseConfig):
     """Which layers to prune, how far, and the fine-tuning that follows (same clean budget as `finetune`)."""
 
-    clean_per_class: int = 320
+    clean_per_class: int = 400
     layers: int = 1
     """Prune the FFN units of the last `layers` encoder layers."""
     prune_step: float = 0.05

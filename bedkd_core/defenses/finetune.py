@@ -14,9 +14,10 @@ from .base import DefenderData, DefenseConfig, DefenseResult
 
 @dataclass(frozen=True)
 class FineTuneConfig(DefenseConfig):
-    """Fine-tuning on `clean_per_class` clean rows per class (BeDKD's AKD trust set is 320 per class)."""
+    """Fine-tuning on `clean_per_class` clean rows per class: BeDKD's whole clean budget at full scale (80 for the
+    DMM + 320 for AKD); fine-pruning and NAD get the same."""
 
-    clean_per_class: int = 320
+    clean_per_class: int = 400
     epochs: int = 10
     learning_rate: float = 3e-5
     batch_size: int = 16

@@ -25,7 +25,7 @@ from .base import DefenderData, DefenseConfig, DefenseResult
 
 @dataclass(frozen=True)
 class NADConfig(DefenseConfig):
-    clean_per_class: int = 320
+    clean_per_class: int = 400
     teacher_epochs: int = 10
     epochs: int = 10
     beta: float = 1000.0

@@ -15,12 +15,14 @@ RAP builds a word-based perturbation that clean inputs are sensitive to and trig
    ALL held-out clean rows is rejected.
 
 The protected label y*. RAP assumes the defender knows which label the attacker wants (the label that must be
-protected, e.g. "not toxic"), so `protected_label` can be given. When it is not given it is inferred without
-oracle flags, from the suspect training set's label distribution: dirty-label poisoning relabels rows of other
-classes to the target, so the target's share among the suspect labels exceeds its share in the defender's own
-clean set by about the poison rate, while every other class's share shrinks. The class with the largest excess
-is taken. This breaks down for clean-label attacks (no relabelling) and when the defender's clean set is not
-drawn like the training set; then pass `protected_label`.
+protected, e.g. "not toxic"), so the harness (`bedkd run`, `bedkd compare`) passes the attack's target as
+`protected_label` (`defenses.with_threat_model`); it never reads poison flags, unlike OpenBackdoor's RAP. Called
+without it, `rap()` infers the label from the suspect training set's label distribution: dirty-label poisoning
+relabels rows of other classes to the target, so the target's share among the suspect labels exceeds its share
+in the defender's own clean set by about the poison rate. The class with the largest excess is taken. This
+breaks down for clean-label attacks (no relabelling) and whenever the clean set is not drawn like the training
+set: this library's clean pool is balanced per class, so on OLID (one third offensive) the inference would pick
+the wrong class.
 
 The RAP word is `mb` by default, not OpenBackdoor's `cf`, because `cf` is one of this book's BadNets trigger
 words: training its embedding would edit the attack's own trigger. The returned model is the victim itself;
