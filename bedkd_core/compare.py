@@ -34,8 +34,8 @@ from .defenses.base import DefenderData, defender_view
 from .experiments import clean_floor, get_scale, prepare, provenance, write_json_atomic
 from .metrics import detection_scores, evaluate, evaluate_defense
 
-COLUMNS = ["defense", "kind", "status", "cacc", "asr", "frr", "far", "cacc_all", "det_precision", "det_recall", "n_flagged",
-           "clean_rows", "suspect_rows", "dev_rows", "eval_clean", "eval_triggered", "defense_s", "eval_s"]
+COLUMNS = ["defense", "kind", "status", "cacc", "asr", "frr", "far", "cacc_all", "det_precision", "det_recall",
+           "n_flagged", "clean_rows", "suspect_rows", "dev_rows", "eval_clean", "eval_triggered", "defense_s", "eval_s"]
 
 
 def parse_defenses(text: str | list[str]) -> list[str]:
