@@ -123,6 +123,10 @@ ABSTRACT_CLAIM = ("The BeDKD paper's abstract: ASR reduced by 98% on average ove
 README_MARKERS = ("<!-- headline:start (bedkd headline --readme writes this block) -->", "<!-- headline:end -->")
 
 
+FLOOR_MARGIN = 0.05
+"""A defended cell counts as "at the floor" when its ASR is at most the clean model's ASR + 5 points."""
+
+
 def finished_cells(grids: tuple[str, ...] = ("paper", "full")) -> pd.DataFrame:
     """The finished full-scale defended cells of `grids` (first grid wins for a repeated cell), with ASR reduction
     (1 - defended ASR / victim ASR) and CACC drop (victim CACC - defended CACC) per cell."""
@@ -139,18 +143,27 @@ def finished_cells(grids: tuple[str, ...] = ("paper", "full")) -> pd.DataFrame:
         subset=["defended_asr", "victim_asr"]).copy()
     cells["asr_reduction"] = 1 - cells["defended_asr"].astype(float) / cells["victim_asr"].astype(float)
     cells["cacc_drop"] = cells["victim_cacc"].astype(float) - cells["defended_cacc"].astype(float)
+    victims = victims_frame(scale="full", datasets=sorted(set(cells["dataset"])), attacks=sorted(set(cells["attack"])))
+    floors = {(r.dataset, r.attack): r.floor_asr for r in victims.itertuples() if "floor_asr" in victims}
+    own = cells["floor_asr"] if "floor_asr" in cells else pd.Series(float("nan"), index=cells.index)
+    cells["floor_asr"] = [f if pd.notna(f) else floors.get((d, a), float("nan"))
+                          for f, d, a in zip(own, cells["dataset"], cells["attack"])]
+    cells["within_floor"] = [float(asr <= floor + FLOOR_MARGIN) if pd.notna(floor) else float("nan")
+                             for asr, floor in zip(cells["defended_asr"].astype(float), cells["floor_asr"])]
     return cells
 
 
 def headline(cells: pd.DataFrame) -> pd.DataFrame:
     """Per defense over `cells`: how many, mean ASR reduction and CACC drop, detection precision/recall (BeDKD),
-    mean defense seconds, and which datasets and attacks the average covers."""
+    mean defense seconds, how many cells reach the clean floor + 5 points (of those whose floor was measured), and
+    which datasets and attacks the average covers."""
     if cells.empty:
         return pd.DataFrame()
     return (cells.groupby("defense")
             .agg(cells_finished=("asr_reduction", "size"), mean_asr_reduction=("asr_reduction", "mean"),
                  mean_cacc_drop=("cacc_drop", "mean"), mean_precision=("precision", "mean"),
                  mean_recall=("recall", "mean"), mean_defense_seconds=("defense_seconds", "mean"),
+                 at_floor=("within_floor", "sum"), floor_known=("within_floor", "count"),
                  datasets=("dataset", lambda s: ", ".join(sorted(set(s)))),
                  attacks=("attack", lambda s: ", ".join(sorted(set(s)))))
             .sort_values("mean_asr_reduction", ascending=False))
@@ -162,16 +175,18 @@ def headline_markdown(grids: tuple[str, ...] = ("paper", "full")) -> str:
     if cells.empty:
         return f"No full-scale cell has finished yet: no headline.\n\n{ABSTRACT_CLAIM}\n"
     table = headline(cells)
-    lines = ["| defense | cells | mean ASR reduction | mean CACC drop | precision | recall | defense s | datasets | attacks |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| defense | cells | mean ASR reduction | mean CACC drop | ASR ≤ floor + 5 pts | precision | recall "
+             "| defense s | datasets | attacks |", "|---|---|---|---|---|---|---|---|---|---|"]
     for defense, row in table.iterrows():
         detected = (f"{row.mean_precision:.2f} | {row.mean_recall:.3f}" if pd.notna(row.mean_precision) else "— | —")
+        at_floor = f"{int(row.at_floor)} of {int(row.floor_known)}" if row.floor_known else "floor not measured"
         lines.append(f"| {defense} | {row.cells_finished} | {row.mean_asr_reduction:.1%} | {row.mean_cacc_drop * 100:+.1f} pts"
-                     f" | {detected} | {row.mean_defense_seconds:.0f} | {row.datasets} | {row.attacks} |")
+                     f" | {at_floor} | {detected} | {row.mean_defense_seconds:.0f} | {row.datasets} | {row.attacks} |")
     note = provenance_note(cells)
     benchmarks = benchmarks_markdown()
     return "\n".join(lines) + f"\n\n{note} Full-scale cells only, one seed each; CACC drop > 0 means the defense " \
-        f"lost accuracy.\n\n" + (f"{benchmarks}\n\n" if benchmarks else "") + f"{ABSTRACT_CLAIM}\n"
+        f"lost accuracy. The floor is the ASR of a model trained on the same rows without poison (from the cell's own " \
+        f"report, else from another grid's report of the same victim, e.g. `paper`'s `none` cell).\n\n" + (f"{benchmarks}\n\n" if benchmarks else "") + f"{ABSTRACT_CLAIM}\n"
 
 
 def benchmarks_markdown() -> str:

@@ -68,9 +68,30 @@ def test_headline_averages_finished_full_cells_and_quotes_only_the_abstract(resu
     assert table.loc["bedkd-fixed", "mean_asr_reduction"] == pytest.approx(0.95)
     assert table.loc["bedkd-fixed", "mean_cacc_drop"] == pytest.approx(-0.01)
     text = book.headline_markdown(("full",))
-    assert "| bedkd-fixed | 1 | 95.0% | -1.0 pts | 0.90 | 0.020 | 900 | sst2 | badnets |" in text
+    assert "| bedkd-fixed | 1 | 95.0% | -1.0 pts | 1 of 1 | 0.90 | 0.020 | 900 | sst2 | badnets |" in text
     assert "abc123def456" in text and book.ABSTRACT_CLAIM in text
     assert book.headline_markdown(("nothing-here",)).startswith("No full-scale cell has finished yet")
+
+
+def test_the_floor_test_takes_a_floor_measured_in_another_grid_and_counts_a_miss(results):
+    from bedkd_core.attacks import AttackConfig
+
+    def write(grid, attack, defense, defended_asr, floor):
+        cell = book.cell_dir(grid=grid, dataset="sst2", attack=attack, defense=defense)
+        cell.mkdir(parents=True)
+        (cell / "report.json").write_text(json.dumps({
+            "dataset": "sst2", "seed": 0, "scale": "full", "attack": AttackConfig(name=attack).resolved("sst2").asdict(),
+            "victim": {"cacc": 0.87, "asr": 1.0}, "clean_floor": floor,
+            "defended": None if defended_asr is None else {"cacc": 0.87, "asr": defended_asr},
+            "seconds": {"victim": 1.0, "defense": 1.0},
+            "provenance": {"git_commit": "x", "device": "cpu", "date": "2026-11-26T19:00:00Z"}}))
+
+    write("full", "addsent", "bedkd-fixed", 0.30, None)  # its own report has no floor...
+    write("paper", "addsent", "none", None, {"asr": 0.20})  # ...the paper grid measured it: 0.30 > 0.20 + 0.05
+    cells = book.finished_cells(("paper", "full")).set_index("attack")
+    assert cells.loc["addsent", "floor_asr"] == 0.20 and cells.loc["addsent", "within_floor"] == 0.0
+    assert cells.loc["badnets", "within_floor"] == 1.0  # the fixture: 0.05 <= 0.1 + 0.05
+    assert "| 1 of 2 |" in book.headline_markdown(("paper", "full"))
 
 
 def test_headline_lists_the_benchmarks_with_their_provenance(results):
