@@ -144,7 +144,8 @@ def finished_cells(grids: tuple[str, ...] = ("paper", "full")) -> pd.DataFrame:
     cells["asr_reduction"] = 1 - cells["defended_asr"].astype(float) / cells["victim_asr"].astype(float)
     cells["cacc_drop"] = cells["victim_cacc"].astype(float) - cells["defended_cacc"].astype(float)
     victims = victims_frame(scale="full", datasets=sorted(set(cells["dataset"])), attacks=sorted(set(cells["attack"])))
-    floors = {(r.dataset, r.attack): r.floor_asr for r in victims.itertuples() if "floor_asr" in victims}
+    floors = ({(r.dataset, r.attack): r.floor_asr for r in victims.itertuples()}
+              if "floor_asr" in victims else {})
     own = cells["floor_asr"] if "floor_asr" in cells else pd.Series(float("nan"), index=cells.index)
     cells["floor_asr"] = [f if pd.notna(f) else floors.get((d, a), float("nan"))
                           for f, d, a in zip(own, cells["dataset"], cells["attack"])]
@@ -186,7 +187,8 @@ def headline_markdown(grids: tuple[str, ...] = ("paper", "full")) -> str:
     benchmarks = benchmarks_markdown()
     return "\n".join(lines) + f"\n\n{note} Full-scale cells only, one seed each; CACC drop > 0 means the defense " \
         f"lost accuracy. The floor is the ASR of a model trained on the same rows without poison (from the cell's own " \
-        f"report, else from another grid's report of the same victim, e.g. `paper`'s `none` cell).\n\n" + (f"{benchmarks}\n\n" if benchmarks else "") + f"{ABSTRACT_CLAIM}\n"
+        f"report, else from another grid's report of the same victim, e.g. `paper`'s `none` cell).\n\n" + \
+        (f"{benchmarks}\n\n" if benchmarks else "") + f"{ABSTRACT_CLAIM}\n"
 
 
 def benchmarks_markdown() -> str:
