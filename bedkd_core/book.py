@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -154,19 +155,34 @@ def finished_cells(grids: tuple[str, ...] = ("paper", "full")) -> pd.DataFrame:
     return cells
 
 
+def short_device(device: str) -> str:
+    """'cpu (x86_64, 2 cores, 1 threads)' → 'CPU 2 cores'; a GPU's name stays as it is."""
+    cores = re.search(r"(\d+) cores", device)
+    return device if not device.startswith("cpu") else "CPU" + (f" {cores.group(1)} cores" if cores else "")
+
+
+def seconds_by_device(cells: pd.DataFrame) -> str:
+    """Mean defense seconds per device, e.g. '4324 (CPU 2 cores); 41 (NVIDIA H200)': never averaged across devices."""
+    devices = cells["device"].fillna("unknown device").map(short_device)
+    means = cells["defense_seconds"].astype(float).groupby(devices).mean()
+    return "; ".join(f"{seconds:.0f} ({device})" for device, seconds in means.items())
+
+
 def headline(cells: pd.DataFrame) -> pd.DataFrame:
     """Per defense over `cells`: how many, mean ASR reduction and CACC drop, detection precision/recall (BeDKD),
-    mean defense seconds, how many cells reach the clean floor + 5 points (of those whose floor was measured), and
-    which datasets and attacks the average covers."""
+    mean defense seconds per device, how many cells reach the clean floor + 5 points (of those whose floor was
+    measured), and which datasets and attacks the average covers."""
     if cells.empty:
         return pd.DataFrame()
+    seconds = {defense: seconds_by_device(group) for defense, group in cells.groupby("defense")}
     return (cells.groupby("defense")
             .agg(cells_finished=("asr_reduction", "size"), mean_asr_reduction=("asr_reduction", "mean"),
                  mean_cacc_drop=("cacc_drop", "mean"), mean_precision=("precision", "mean"),
-                 mean_recall=("recall", "mean"), mean_defense_seconds=("defense_seconds", "mean"),
+                 mean_recall=("recall", "mean"),
                  at_floor=("within_floor", "sum"), floor_known=("within_floor", "count"),
                  datasets=("dataset", lambda s: ", ".join(sorted(set(s)))),
                  attacks=("attack", lambda s: ", ".join(sorted(set(s)))))
+            .assign(defense_seconds=lambda t: [seconds[d] for d in t.index])
             .sort_values("mean_asr_reduction", ascending=False))
 
 
@@ -177,12 +193,12 @@ def headline_markdown(grids: tuple[str, ...] = ("paper", "full")) -> str:
         return f"No full-scale cell has finished yet: no headline.\n\n{ABSTRACT_CLAIM}\n"
     table = headline(cells)
     lines = ["| defense | cells | mean ASR reduction | mean CACC drop | ASR ≤ floor + 5 pts | precision | recall "
-             "| defense s | datasets | attacks |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| defense s (device) | datasets | attacks |", "|---|---|---|---|---|---|---|---|---|---|"]
     for defense, row in table.iterrows():
         detected = (f"{row.mean_precision:.2f} | {row.mean_recall:.3f}" if pd.notna(row.mean_precision) else "— | —")
         at_floor = f"{int(row.at_floor)} of {int(row.floor_known)}" if row.floor_known else "floor not measured"
         lines.append(f"| {defense} | {row.cells_finished} | {row.mean_asr_reduction:.1%} | {row.mean_cacc_drop * 100:+.1f} pts"
-                     f" | {at_floor} | {detected} | {row.mean_defense_seconds:.0f} | {row.datasets} | {row.attacks} |")
+                     f" | {at_floor} | {detected} | {row.defense_seconds} | {row.datasets} | {row.attacks} |")
     note = provenance_note(cells)
     benchmarks = benchmarks_markdown()
     return "\n".join(lines) + f"\n\n{note} Full-scale cells only, one seed each; CACC drop > 0 means the defense " \

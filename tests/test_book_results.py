@@ -1,6 +1,7 @@
 """Chapters read results files through bedkd_core.book: finished cells, 'not yet run' cells, provenance."""
 import json
 
+import pandas as pd
 import pytest
 
 from bedkd_core import book
@@ -68,9 +69,16 @@ def test_headline_averages_finished_full_cells_and_quotes_only_the_abstract(resu
     assert table.loc["bedkd-fixed", "mean_asr_reduction"] == pytest.approx(0.95)
     assert table.loc["bedkd-fixed", "mean_cacc_drop"] == pytest.approx(-0.01)
     text = book.headline_markdown(("full",))
-    assert "| bedkd-fixed | 1 | 95.0% | -1.0 pts | 1 of 1 | 0.90 | 0.020 | 900 | sst2 | badnets |" in text
+    assert "| bedkd-fixed | 1 | 95.0% | -1.0 pts | 1 of 1 | 0.90 | 0.020 | 900 (CPU 2 cores) | sst2 | badnets |" in text
     assert "abc123def456" in text and book.ABSTRACT_CLAIM in text
     assert book.headline_markdown(("nothing-here",)).startswith("No full-scale cell has finished yet")
+
+
+def test_headline_seconds_are_never_averaged_across_devices():
+    cells = pd.DataFrame({"defense": ["bedkd-fixed"] * 3, "defense_seconds": [4000.0, 4400.0, 40.0],
+                          "device": ["cpu (x86_64, 2 cores, 1 threads)", "cpu (x86_64, 2 cores, 2 threads)",
+                                     "NVIDIA H200"]})
+    assert book.seconds_by_device(cells) == "4200 (CPU 2 cores); 40 (NVIDIA H200)"
 
 
 def test_the_floor_test_takes_a_floor_measured_in_another_grid_and_counts_a_miss(results):

@@ -484,3 +484,48 @@ def test_real_one_cell_sweep_on_the_cached_quick_victim(tmp_path, capsys):
     assert cli_main(["--grid", str(grid_file), "--out", str(out), "--status"]) == 0
     assert "1 cells: 1 done" in capsys.readouterr().out
     assert not leftovers(out)
+
+
+def test_provenance_names_the_source_commit_of_a_tree_copied_without_git(monkeypatch):
+    from bedkd_core import experiments
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(experiments.subprocess, "run", no_git)
+    monkeypatch.delenv(experiments.SOURCE_COMMIT_ENV, raising=False)
+    assert experiments.provenance()["git_commit"] == "unknown"
+    monkeypatch.setenv(experiments.SOURCE_COMMIT_ENV, "abc123")
+    assert experiments.provenance()["git_commit"].startswith("abc123 (from $BEDKD_SOURCE_COMMIT")
+
+
+def test_gpu_sweep_script_runs_blocks_in_order_and_packs_finished_cells(tmp_path):
+    """gpu/sweep.sh with a stand-in python that records its calls: blocks become --only lists, the archive holds
+    the finished reports and no model weights, and a spent budget starts no block."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(textwrap.dedent(f"""\
+        #!/usr/bin/env bash
+        echo "$*" >> {calls}
+        if [ "$1 $2" = "-m bedkd_core" ] && [ "$3" = sweep ] && [[ "$*" != *--status* ]]; then
+            mkdir -p "$RESULTS/paper/sst2/badnets/nad/seed0/purified_model"
+            echo '{{}}' > "$RESULTS/paper/sst2/badnets/nad/seed0/report.json"
+            echo weights > "$RESULTS/paper/sst2/badnets/nad/seed0/purified_model/model.safetensors"
+        fi
+        """))
+    fake.chmod(0o755)
+    out, results = tmp_path / "out", tmp_path / "results"
+    out.mkdir()
+    env = {**os.environ, "PYTHON": str(fake), "OUT": str(out), "RESULTS": str(results), "WHEELS": str(tmp_path)}
+    script = Path(__file__).resolve().parent.parent / "gpu" / "sweep.sh"
+    run = subprocess.run(["bash", str(script), "sst2/badnets/nad,olid/*/none", "sst2/sos/*"], env=env,
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    sweeps = [line for line in calls.read_text().splitlines() if line.startswith("-m bedkd_core sweep")]
+    assert sweeps[0].endswith("--only sst2/badnets/nad --only olid/*/none")
+    assert sweeps[1].endswith("--only sst2/sos/*") and "--status" in sweeps[2]
+    listing = subprocess.run(["tar", "tzf", str(out / "results.tgz")], capture_output=True, text=True).stdout
+    assert "paper/sst2/badnets/nad/seed0/report.json" in listing and "purified_model" not in listing
+    spent = subprocess.run(["bash", str(script), "sst2/sos/*"], env={**env, "BUDGET_S": "10"},
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert "deadline: block 'sst2/sos/*' not started" in spent.stdout

