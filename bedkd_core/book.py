@@ -30,12 +30,34 @@ def cell_dir(*, grid: str, dataset: str, attack: str, defense: str, seed: int = 
     return RESULTS_DIR / grid / dataset / attack / defense / f"seed{seed}"
 
 
+CORRECTIONS = "provenance-corrections.json"
+"""results/provenance-corrections.json: known-wrong provenance commits of stored reports, each with the commit that
+really ran and why. The reports stay as written; readers see the correction through `load_reports`."""
+
+
+def provenance_corrections() -> list[dict]:
+    path = RESULTS_DIR / CORRECTIONS
+    return json.loads(path.read_text())["corrections"] if path.is_file() else []
+
+
+def corrected_provenance(provenance: dict, corrections: list[dict]) -> dict:
+    """`provenance` with its commit replaced by the one a matching correction (same commit and device) names."""
+    for fix in corrections:
+        if (provenance.get("git_commit"), provenance.get("device")) == (fix["recorded_commit"], fix["device"]):
+            return {**provenance, "git_commit": fix["source_commit"], "recorded_commit": fix["recorded_commit"],
+                    "correction": fix["why"]}
+    return provenance
+
+
 def load_reports(grid: str) -> list[dict]:
-    """Every report of a grid, each with its cell coordinates added under `cell`."""
-    reports = []
+    """Every report of a grid, each with its cell coordinates added under `cell` (and its provenance corrected
+    where results/provenance-corrections.json says the recorded commit is wrong)."""
+    reports, corrections = [], provenance_corrections()
     for path in sorted((RESULTS_DIR / grid).glob("*/*/*/seed*/report.json")):
         dataset, attack, defense, seed = path.parent.relative_to(RESULTS_DIR / grid).parts
         report = json.loads(path.read_text())
+        if "provenance" in report:
+            report["provenance"] = corrected_provenance(report["provenance"], corrections)
         report["cell"] = {"dataset": dataset, "attack": attack, "defense": defense, "seed": int(seed[4:]),
                           "dir": str(path.parent)}
         reports.append(report)

@@ -148,22 +148,24 @@ def clean_floor(prepared: Prepared) -> dict:
 
 
 SOURCE_COMMIT_ENV = "BEDKD_SOURCE_COMMIT"
-"""The commit a copied tree without .git was taken from (say on a lent GPU machine); provenance records it."""
+"""The commit a copied tree was taken from (say on a lent GPU machine); provenance records it instead of asking
+git, whose .git there may be missing or older than the tree it came with."""
 
 
 def provenance() -> dict:
     import torch
     import transformers
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                                    capture_output=True, text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):  # no git, or a copy of the tree without .git
-        commit, dirty = os.environ.get(SOURCE_COMMIT_ENV, "unknown"), False
-        if commit != "unknown":
-            commit += " (from $" + SOURCE_COMMIT_ENV + ": a copy of that commit's tree without .git)"
+    if os.environ.get(SOURCE_COMMIT_ENV):  # named by whoever copied the tree: a copy's own .git can be stale
+        commit, dirty = f"{os.environ[SOURCE_COMMIT_ENV]} (from ${SOURCE_COMMIT_ENV}: a copy of that commit's tree)", False
+    else:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                    check=True).stdout.strip()
+            dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                        capture_output=True, text=True).stdout.strip())
+        except (OSError, subprocess.CalledProcessError):
+            commit, dirty = "unknown", False
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
         f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     return {

@@ -425,13 +425,14 @@ class CellStatus:
 
 def expected_settings(cell: Cell, *, scale: str, model: str | None) -> dict:
     """What the report of `cell` must record: scale, seed, model and every attack and defense parameter."""
-    from .defenses import make_defense_config
+    from .defenses import make_defense_config, with_threat_model
 
     attack = cell.attack_config().resolved(cell.dataset_name).asdict()
-    defense = {"name": cell.defense_name, **make_defense_config(cell.defense_name, scale=scale,
-                                                                **dict(cell.defense_options)).asdict()}
-    return {"scale": scale, "seed": cell.seed, "model": model or os.environ.get("BEDKD_MODEL", "minilm"),
-            "attack": attack, "defense": defense}
+    options = with_threat_model(cell.defense_name, dict(cell.defense_options), target_label=attack["target_label"])
+    defense = {"name": cell.defense_name, **make_defense_config(cell.defense_name, scale=scale, **options).asdict()}
+    expected = {"scale": scale, "seed": cell.seed, "model": model or os.environ.get("BEDKD_MODEL", "minilm"),
+                "attack": attack, "defense": defense}
+    return json.loads(json.dumps(expected))  # as a report stores it: tuples become lists
 
 
 def report_mismatch(report: dict, expected: dict) -> list[str]:

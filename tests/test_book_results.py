@@ -74,6 +74,27 @@ def test_headline_averages_finished_full_cells_and_quotes_only_the_abstract(resu
     assert book.headline_markdown(("nothing-here",)).startswith("No full-scale cell has finished yet")
 
 
+def test_a_provenance_correction_replaces_the_recorded_commit_without_touching_the_report(results):
+    (results / book.CORRECTIONS).write_text(json.dumps({"corrections": [
+        {"recorded_commit": "abc123def4567890", "device": "cpu (x86_64, 2 cores)", "source_commit": "fedcba9876543210",
+         "why": "stale .git on the copied tree"},
+        {"recorded_commit": "abc123def4567890", "device": "NVIDIA H200", "source_commit": "0000", "why": "other device"}]}))
+    report = book.load_reports("full")[0]
+    assert report["provenance"]["git_commit"] == "fedcba9876543210"
+    assert report["provenance"]["recorded_commit"] == "abc123def4567890"
+    assert "fedcba987654" in book.provenance_note(book.results_frame("full"))
+    stored = json.loads(next(results.glob("full/*/*/*/seed0/report.json")).read_text())
+    assert stored["provenance"]["git_commit"] == "abc123def4567890"
+
+
+def test_every_stored_provenance_correction_matches_a_stored_report():
+    corrections = book.provenance_corrections()
+    grids = [p.name for p in book.RESULTS_DIR.iterdir() if p.is_dir()]
+    corrected = [r["provenance"].get("recorded_commit") for g in grids for r in book.load_reports(g)
+                 if "provenance" in r]
+    assert all(fix["recorded_commit"] in corrected for fix in corrections)
+
+
 def test_headline_seconds_are_never_averaged_across_devices():
     cells = pd.DataFrame({"defense": ["bedkd-fixed"] * 3, "defense_seconds": [4000.0, 4400.0, 40.0],
                           "device": ["cpu (x86_64, 2 cores, 1 threads)", "cpu (x86_64, 2 cores, 2 threads)",

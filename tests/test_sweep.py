@@ -486,17 +486,27 @@ def test_real_one_cell_sweep_on_the_cached_quick_victim(tmp_path, capsys):
     assert not leftovers(out)
 
 
-def test_provenance_names_the_source_commit_of_a_tree_copied_without_git(monkeypatch):
+def test_provenance_names_the_source_commit_of_a_copied_tree(monkeypatch):
     from bedkd_core import experiments
 
-    def no_git(*args, **kwargs):
-        raise FileNotFoundError("git")
+    real_run = subprocess.run
+
+    def stale_git(command, *args, **kwargs):
+        assert command[0] != "git", "git must not be asked when the source commit is named"
+        return real_run(command, *args, **kwargs)
+
+    monkeypatch.setenv(experiments.SOURCE_COMMIT_ENV, "abc123")
+    monkeypatch.setattr(experiments.subprocess, "run", stale_git)
+    assert experiments.provenance()["git_commit"].startswith("abc123 (from $BEDKD_SOURCE_COMMIT")
+    monkeypatch.delenv(experiments.SOURCE_COMMIT_ENV)
+
+    def no_git(command, *args, **kwargs):
+        if command[0] == "git":
+            raise FileNotFoundError("git")
+        return real_run(command, *args, **kwargs)
 
     monkeypatch.setattr(experiments.subprocess, "run", no_git)
-    monkeypatch.delenv(experiments.SOURCE_COMMIT_ENV, raising=False)
     assert experiments.provenance()["git_commit"] == "unknown"
-    monkeypatch.setenv(experiments.SOURCE_COMMIT_ENV, "abc123")
-    assert experiments.provenance()["git_commit"].startswith("abc123 (from $BEDKD_SOURCE_COMMIT")
 
 
 def test_gpu_sweep_script_runs_blocks_in_order_and_packs_finished_cells(tmp_path):
@@ -529,3 +539,14 @@ def test_gpu_sweep_script_runs_blocks_in_order_and_packs_finished_cells(tmp_path
     spent = subprocess.run(["bash", str(script), "sst2/sos/*"], env={**env, "BUDGET_S": "10"},
                            capture_output=True, text=True, cwd=tmp_path)
     assert "deadline: block 'sst2/sos/*' not started" in spent.stdout
+
+
+@pytest.mark.parametrize("grid_name", ["paper", "full"])
+def test_reports_written_by_real_runs_match_their_grid_cells(grid_name):
+    """The stored reports (run_experiment's JSON, RAP given the attack's target as its protected label) are
+    `done`, never `mismatch`: the expected settings pass through the same threat model and JSON round trip."""
+    repo = Path(__file__).resolve().parent.parent
+    states = {s.cell.id: s for s in sweep_status(load_grid(grid_name), repo / "results")}
+    stored = [cell_id for cell_id, s in states.items() if s.state not in ("not yet run", "unsupported")]
+    assert stored and all(states[c].state == "done" for c in stored), [states[c].detail for c in stored
+                                                                        if states[c].state != "done"]
