@@ -1,9 +1,10 @@
 """Fill `carry/` (git-ignored) with what a sweep needs on a lent GPU machine that can download nothing.
 
     .venv/bin/python gpu/prepare_carry.py --datasets sst2 olid
+    .venv/bin/python gpu/prepare_carry.py --datasets sst2/clean agnews/clean   # BadNets/AddSent/SOS need no pools
 
 carry/minilm-fp16  the packaged MiniLM with its weights stored as fp16 (45 MB; loaded back in fp32)
-carry/data/<name>  the datasets' files, copied from $BEDKD_DATA or ../shared/data
+carry/data/<name>  the datasets' files (or one subfolder), copied from $BEDKD_DATA or ../shared/data
 carry/wheels       `datasets` and the two packages it needs that the GPU image lacks, at this venv's versions
 The device tool carries at most 64 MiB with the working tree; this script refuses to build more than that.
 Then run gpu/sweep.sh there (see its header).
@@ -33,7 +34,8 @@ def folder_mib(path: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["sst2", "olid"])
+    parser.add_argument("--datasets", nargs="+", default=["sst2", "olid"],
+                        help="dataset folders, or subfolders such as olid/clean, to carry")
     args = parser.parse_args()
     if CARRY.exists():
         shutil.rmtree(CARRY)

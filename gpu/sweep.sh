@@ -2,11 +2,13 @@
 # Run blocks of a grid's cells on a lent GPU machine before a deadline; the finished cells come back as
 # $OUT/results.tgz (report.json, scores.json, curve.json; no model weights). On the device tool:
 #   1. here: .venv/bin/python gpu/prepare_carry.py; commit, so the copied tree is that commit
-#   2. run (carry ["carry"]): BEDKD_SOURCE_COMMIT=<HEAD> BUDGET_S=540 bash gpu/sweep.sh 'sst2/badnets/*' 'olid/*/none,olid/*/bedkd-fixed'
+#   2. run (carry ["carry"], timeout_s 600):
+#      BEDKD_SOURCE_COMMIT=<HEAD> BUDGET_S=565 bash gpu/sweep.sh 'sst2/badnets/*' 'olid/*/none,olid/*/bedkd-fixed'
 #   3. here: tar xzf <files_at>/results.tgz   (then `bedkd sweep --grid paper --status`)
 # Each argument is one block: comma-separated --only patterns, run in order while time is left. A block cut off
 # by the deadline loses only its unfinished cell (the sweep writes each cell atomically); rerunning resumes.
-# WHEELS (default carry/wheels), GRID (default paper), RESULTS (default results), SWEEP_ARGS (say "--scale quick" for a dry run here), PYTHON and OUT can be set.
+# Settable: WHEELS (default carry/wheels), GRID (default paper), RESULTS (default results), PYTHON, OUT and
+# SWEEP_ARGS (say "--scale quick" for a dry run here).
 set -u
 repo=$(cd "$(dirname "$0")/.." && pwd)
 deadline=$(( $(date +%s) + ${BUDGET_S:-540} ))
