@@ -440,8 +440,10 @@ def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None, ora
         watch[(np.arange(n_watch) * step + step / 2).astype(int)] = True
     flagged, watched = ranked[~watch], ranked[watch]
     if len(flagged) == 0:
-        warnings.warn("BeDKD found no suspect sample under tau: AKD runs trust distillation only", stacklevel=2)
-        info["warning"] = "no sample identified; AKD ran trust-only"
+        why = "n_poison = 0 asks for no punished rows" if config.n_poison == 0 else \
+            "BeDKD found no suspect sample under tau"
+        warnings.warn(f"{why}: AKD runs trust distillation only", stacklevel=2)
+        info["warning"] = f"{why}; AKD ran trust-only"
     identified = data.suspect.select(flagged.tolist())
     curve = []
     on_epoch = None
