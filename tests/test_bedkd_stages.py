@@ -239,3 +239,27 @@ def test_train_dmm_reuses_the_cached_dmm_only_for_the_same_teacher_data_and_sett
     assert bk.dmm_cache_path(trained, rows, num_classes=2, config=config) != path
     bk.train_dmm(teacher, tokenizer, rows, num_classes=2, config=config, cache=False)
     assert calls == [1, 1]
+
+
+def test_agreement_scores_are_cached_by_both_models_and_the_texts(tmp_path, monkeypatch, sst2):
+    from bedkd_core.defenses import bedkd as bk
+    from bedkd_core.victim import load_classifier
+
+    monkeypatch.setenv("BEDKD_CACHE", str(tmp_path))
+    teacher, tokenizer = load_classifier("minilm", num_labels=2)
+    dmm, _ = load_classifier("minilm", num_labels=2)  # another random head: other probabilities
+    texts = list(sst2.test["text"][:12])
+    first = bk.agreement_scores(teacher, dmm, tokenizer, texts)
+    assert set(first) == {"score", "teacher_pred", "dmm_pred", "teacher_prob", "dmm_prob"}
+    assert np.allclose(first["score"], np.abs(first["teacher_prob"] - first["dmm_prob"]).mean(1))
+
+    calls = []
+    real_predict = bk.predict_proba
+    monkeypatch.setattr(bk, "predict_proba", lambda *a, **k: calls.append(1) or real_predict(*a, **k))
+    again = bk.agreement_scores(teacher, dmm, tokenizer, texts)
+    assert calls == [] and all(np.array_equal(first[k], again[k]) for k in first)
+    bk.agreement_scores(teacher, dmm, tokenizer, texts[1:])  # other texts
+    bk.agreement_scores(dmm, teacher, tokenizer, texts)  # other models
+    bk.agreement_scores(teacher, dmm, tokenizer, texts, cache=False)
+    assert len(calls) == 6
+    assert len(list((tmp_path / "scores").glob("*.npz"))) == 3

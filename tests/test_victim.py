@@ -1,13 +1,14 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from bedkd_core.data import DataError
 from bedkd_core.victim import (
-    MINILM_DIR_ENV, UnsafeModelError, VictimConfig, check_safetensors, describe_model, get_victim, load_classifier,
-    predict_proba, resolve_model, save_half_precision_copy,
+    MINILM_DIR_ENV, UnsafeModelError, VictimConfig, check_safetensors, describe_model, epoch_batches, get_victim,
+    load_classifier, predict_proba, resolve_model, save_half_precision_copy,
 )
 
 
@@ -98,3 +99,35 @@ def test_victims_of_a_minilm_copy_get_their_own_cache_key(monkeypatch, tmp_path)
         with pytest.raises(LookupError):
             get_victim(train=train, num_labels=2, config=VictimConfig(), describe={"dataset": "x"})
     assert "weights" not in payloads[0] and str(tmp_path) in payloads[1]["weights"]
+
+
+def test_epoch_batches_cover_every_row_once_and_group_by_length():
+    lengths = np.random.default_rng(3).integers(3, 60, size=230)
+    shuffled = epoch_batches(230, batch_size=16, rng=np.random.default_rng(0))
+    grouped = epoch_batches(230, batch_size=16, rng=np.random.default_rng(0), lengths=lengths)
+    for batches in (shuffled, grouped):
+        assert sorted(np.concatenate(batches).tolist()) == list(range(230))
+        assert max(len(b) for b in batches) == 16
+    padded = {name: sum(int(lengths[b].max()) * len(b) for b in batches)
+              for name, batches in (("shuffled", shuffled), ("grouped", grouped))}
+    assert padded["grouped"] < 0.8 * padded["shuffled"]  # the point of by_length: far less padding
+    again = epoch_batches(230, batch_size=16, rng=np.random.default_rng(0), lengths=lengths)
+    assert all((a == b).all() for a, b in zip(grouped, again))  # a seed fixes the batches
+
+
+def test_unknown_batching_is_a_clear_error():
+    with pytest.raises(DataError, match="unknown victim batching 'sorted': use one of shuffle, by_length"):
+        VictimConfig(batching="sorted")
+
+
+def test_by_length_batching_trains_and_enters_the_cache_key(tmp_path, monkeypatch, sst2):
+    monkeypatch.setenv("BEDKD_CACHE", str(tmp_path))
+    train = sst2.train.select(range(40))
+    describe = {"dataset": "sst2", "attack": {"name": "none"}}
+    shuffled = get_victim(train=train, num_labels=2, config=VictimConfig(epochs=1, batch_size=16), describe=describe)
+    grouped = get_victim(train=train, num_labels=2, config=VictimConfig(epochs=1, batch_size=16, batching="by_length"),
+                         describe=describe)
+    assert grouped.path != shuffled.path and not grouped.from_cache
+    texts = list(sst2.test["text"][:8])
+    assert abs(predict_proba(grouped.model, grouped.tokenizer, texts)
+               - predict_proba(shuffled.model, shuffled.tokenizer, texts)).max() > 1e-4  # other batches, other model

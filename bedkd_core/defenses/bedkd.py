@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +89,9 @@ PRESETS = {
 """Named presets; `quick` shrinks the fixed preset to run in minutes on 2 CPU cores.
 
 quick trades clean rows for epochs: 12 epochs of 8 trust + 2 punish batches, not 6 of 16 + 2. The punished
-rows need about that many ascent steps before they lose the target label (SST-2 AddSent, CPU, seed 0: the
-watched rows still kept it at epoch 5 of 6, ASR 0.87; with 12 epochs ASR 0.014, CACC unchanged)."""
+rows need about that many ascent steps before they lose the target label (SST-2 AddSent, CPU, seed 0, on the
+earlier quick victim of two shuffled epochs: the watched rows still kept it at epoch 5 of 6, ASR 0.87; with 12
+epochs ASR 0.014, CACC unchanged)."""
 
 
 def make_config(*, preset: str = "fixed", **overrides) -> BeDKDConfig:
@@ -215,6 +219,8 @@ DMM_SETTINGS = ("dmm_epochs", "temperature_dmm", "alpha", "kl_weight", "hidden_w
 """The config fields that shape a DMM; with the teacher's weights and the data they key the DMM cache."""
 DMM_CACHE_VERSION = 1
 """Part of every DMM cache key: bump it when `train_dmm`'s arithmetic changes, so no stale DMM is reused."""
+SCORES_CACHE_VERSION = 1
+"""Part of every agreement-score cache key: bump it when `agreement_scores`'s arithmetic changes."""
 
 
 def dmm_cache_path(teacher, dmm_clean: Dataset, *, num_classes: int, config: BeDKDConfig) -> Path:
@@ -258,15 +264,32 @@ def _dmm_and_cache_hit(teacher, tokenizer, dmm_clean: Dataset, *, num_classes: i
 
 # ---------------------------------------------------------------- stage 2: identification (chapter 4)
 
-def agreement_scores(teacher, dmm, tokenizer, texts: list[str], *, max_length: int = 128) -> dict:
+def agreement_scores(teacher, dmm, tokenizer, texts: list[str], *, max_length: int = 128, cache: bool = True) -> dict:
     """s(x) = mean over classes of |softmax(z_p) − softmax(z_d)|: low when the DMM still agrees with the teacher.
 
-    Also returns both models' predictions and the DMM's probabilities (`dmm_prob`, for `refine="direction"`).
+    Also returns both models' probabilities (`teacher_prob`, `dmm_prob`, the latter for `refine="direction"`) and
+    predictions. With `cache`, the arrays are stored under the victim cache, keyed by both models' weights, the
+    texts and `max_length`: chapter 5's BeDKD run reuses chapter 4's scores instead of recomputing them.
     """
+    path = None
+    if cache:
+        payload = {"version": SCORES_CACHE_VERSION, "teacher": weights_digest(teacher), "dmm": weights_digest(dmm),
+                   "texts": hashlib.sha256(json.dumps(texts).encode()).hexdigest(), "max_length": max_length,
+                   "device": device().type}
+        path = cache_dir() / "scores" / f"{cache_key(payload)}.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as stored:
+                return {name: stored[name] for name in stored.files}
     p_teacher = predict_proba(teacher, tokenizer, texts, max_length=max_length)
     p_dmm = predict_proba(dmm, tokenizer, texts, max_length=max_length)
-    return {"score": np.abs(p_teacher - p_dmm).mean(axis=1), "teacher_pred": p_teacher.argmax(1),
-            "dmm_pred": p_dmm.argmax(1), "dmm_prob": p_dmm}
+    scores = {"score": np.abs(p_teacher - p_dmm).mean(axis=1), "teacher_pred": p_teacher.argmax(1),
+              "dmm_pred": p_dmm.argmax(1), "teacher_prob": p_teacher, "dmm_prob": p_dmm}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
+            np.savez(handle, **scores)
+        Path(handle.name).replace(path)  # atomic: a killed run never leaves half a file under the key
+    return scores
 
 
 def log_odds(*, probs, labels) -> np.ndarray:
