@@ -230,7 +230,8 @@ def headline_markdown(grids: tuple[str, ...] = ("paper", "full")) -> str:
 
 
 def benchmarks_markdown() -> str:
-    """One line per benchmark under results/benchmarks/ (book build, BeDKD speed), with its commit and device."""
+    """One line per benchmark under results/benchmarks/ (book build, BeDKD speed, quick victim), with its commit
+    and device."""
     lines = []
     book_file, bedkd_file = RESULTS_DIR / "benchmarks" / "book.json", RESULTS_DIR / "benchmarks" / "bedkd.json"
     if book_file.is_file():
@@ -249,7 +250,20 @@ def benchmarks_markdown() -> str:
                      f"{ref['seconds']:.0f} s vs {ours['seconds']:.0f} s, "
                      f"{run['speedup']:.2f}x faster, final metrics "
                      f"{'identical' if run['identical_metrics'] else 'different'}; {_benchmark_provenance(run)}.")
+    victim_file = RESULTS_DIR / "benchmarks" / "quick-victim.json"
+    if victim_file.is_file():
+        run = json.loads(victim_file.read_text())
+        now, before = run["runs"]["quick now"], run["runs"]["quick before"]
+        lines.append(f"- The quick victim (`benchmarks/bench_victim.py --compare-quick`, {run['dataset']} {run['attack']}, "
+                     f"{run['train_rows']} rows): {_victim_run(now)} vs {_victim_run(before)} before, "
+                     f"{before['seconds'] / now['seconds']:.2f}x faster; {_benchmark_provenance(run)}.")
     return "\n".join(lines)
+
+
+def _victim_run(run: dict) -> str:
+    config = run["config"]
+    return (f"{run['seconds']:.0f} s ({config['epochs']} epoch(s) at {config['learning_rate']:g}, {config['batching']} "
+            f"batches: CACC {run['cacc']:.3f}, ASR {run['asr']:.3f})")
 
 
 def _benchmark_provenance(run: dict) -> str:

@@ -32,6 +32,7 @@ BEDKD_OPTIONS = {  # CLI flag → (config field, type)
     "--holdout": ("holdout", int),
     "--dev-tolerance": ("dev_tolerance", float),
     "--learning-rate": ("learning_rate", float),
+    "--batching": ("batching", str),
     "--curve-every": ("curve_every", int),
 }
 BEDKD_SWITCHES = {  # CLI flag → config field it turns off

@@ -152,7 +152,8 @@ def clean_floor(prepared: Prepared) -> dict:
     clean_victim = get_victim(train=clean_train.select_columns(["text", "label"]), num_labels=splits.num_classes,
                               config=prepared.victim_config, describe=describe)
     metrics = evaluate(clean_victim.model, clean_victim.tokenizer, clean_test=prepared.clean_test,
-                       triggered_test=prepared.triggered_test, target_label=prepared.attack.target_label)
+                       triggered_test=prepared.triggered_test, target_label=prepared.attack.target_label,
+                       cache=clean_victim.path)
     return {"asr": metrics["asr"], "cacc": metrics["cacc"]}
 
 
@@ -209,7 +210,8 @@ def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none",
     if defense != "none":
         check_defense_data(defense, defense_config, defender)  # before the evaluations and the clean floor
     victim_metrics = evaluate(prepared.victim.model, prepared.victim.tokenizer, clean_test=prepared.clean_test,
-                              triggered_test=prepared.triggered_test, target_label=prepared.attack.target_label)
+                              triggered_test=prepared.triggered_test, target_label=prepared.attack.target_label,
+                              cache=prepared.victim.path)
     report = {
         "dataset": dataset,
         "attack": prepared.attack.asdict(),

@@ -4,10 +4,15 @@ Introduced in chapter 2. Metrics are the only code that reads the oracle `is_poi
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
 import numpy as np
 from datasets import Dataset
 
-from .victim import predict_proba
+from .victim import device, predict_proba
 
 
 def accuracy(predictions: np.ndarray, labels) -> float:
@@ -27,14 +32,34 @@ def attack_success_rate(predictions: np.ndarray, *, target_label: int, source_la
 
 
 def evaluate(model, tokenizer, *, clean_test: Dataset, triggered_test: Dataset, target_label: int,
-             max_length: int = 128) -> dict[str, float]:
-    """CACC on the clean test split and ASR on the triggered non-target test set, as fractions."""
-    clean_pred = predict_proba(model, tokenizer, list(clean_test["text"]), max_length=max_length).argmax(1)
-    trig_pred = predict_proba(model, tokenizer, list(triggered_test["text"]), max_length=max_length).argmax(1)
+             max_length: int = 128, cache: Path | None = None) -> dict[str, float]:
+    """CACC on the clean test split and ASR on the triggered non-target test set, as fractions.
+
+    `cache`: the folder of a cached victim (`Victim.path`) whose weights `model` holds. Its predictions on each test
+    set are stored there and reused, so chapter 3 does not recompute what chapter 2 measured.
+    """
+    clean_pred = predictions(model, tokenizer, list(clean_test["text"]), max_length=max_length, cache=cache)
+    trig_pred = predictions(model, tokenizer, list(triggered_test["text"]), max_length=max_length, cache=cache)
     return {
         "cacc": accuracy(clean_pred, clean_test["label"]),
         "asr": attack_success_rate(trig_pred, target_label=target_label, source_labels=triggered_test["source_label"]),
     }
+
+
+def predictions(model, tokenizer, texts: list[str], *, max_length: int = 128, cache: Path | None = None) -> np.ndarray:
+    """The predicted class of each text; stored under `cache`/predictions/ (keyed by the texts) when given."""
+    if cache is None:
+        return predict_proba(model, tokenizer, texts, max_length=max_length).argmax(1)
+    key = hashlib.sha256(json.dumps([max_length, device().type, texts]).encode()).hexdigest()[:20]
+    path = Path(cache) / "predictions" / f"{key}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    predicted = predict_proba(model, tokenizer, texts, max_length=max_length).argmax(1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy", delete=False) as handle:
+        np.save(handle, predicted)
+    Path(handle.name).replace(path)  # atomic: a killed run never leaves half a file under the key
+    return predicted
 
 
 def detection_scores(flagged: np.ndarray, is_poisoned: np.ndarray) -> dict:

@@ -147,9 +147,7 @@ def train_classifier(model, tokenizer, data: Dataset, *, config: VictimConfig, d
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     texts, labels = list(data["text"]), list(data["label"])
     order_rng = np.random.default_rng(config.seed)
-    lengths = None
-    if config.batching == "by_length":
-        lengths = np.array([len(ids) for ids in tokenizer(texts, truncation=True, max_length=config.max_length)["input_ids"]])
+    lengths = token_lengths(tokenizer, texts, max_length=config.max_length) if config.batching == "by_length" else None
     model.train()
     steps = config.epochs * ((len(texts) + config.batch_size - 1) // config.batch_size)
     with progress(total=steps, desc=desc, leave=False) as bar:
@@ -163,6 +161,11 @@ def train_classifier(model, tokenizer, data: Dataset, *, config: VictimConfig, d
                 optimizer.zero_grad()
                 bar.update(1)
     model.eval()
+
+
+def token_lengths(tokenizer, texts: list[str], *, max_length: int) -> np.ndarray:
+    """Each text's token count after truncation to `max_length`."""
+    return np.array([len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]])
 
 
 def epoch_batches(n_rows: int, *, batch_size: int, rng: np.random.Generator,

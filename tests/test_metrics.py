@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from datasets import Dataset
 
 from bedkd_core.metrics import accuracy, attack_success_rate, detection_scores
 
@@ -20,3 +21,22 @@ def test_accuracy_and_detection():
     flags[[1, 2, 3, 4]] = True
     assert detection_scores(np.array([1, 2, 9]), flags) == {"precision": pytest.approx(2 / 3), "recall": 0.5, "n_flagged": 3}
     assert detection_scores(np.array([], int), flags)["precision"] == 0.0
+
+
+def test_evaluate_stores_a_cached_victims_predictions_per_test_set(tmp_path, monkeypatch, sst2):
+    from bedkd_core import metrics
+    from bedkd_core.victim import load_classifier
+
+    model, tokenizer = load_classifier("minilm", num_labels=2)
+    clean = sst2.test.select(range(10))
+    triggered = Dataset.from_dict({"text": [t + " cf" for t in clean["text"]], "source_label": [0] * 10})
+    tests = dict(clean_test=clean, triggered_test=triggered, target_label=1)
+    first = metrics.evaluate(model, tokenizer, **tests, cache=tmp_path)
+    assert first == metrics.evaluate(model, tokenizer, **tests)  # the cache changes no number
+    assert len(list((tmp_path / "predictions").glob("*.npy"))) == 2  # one file per test set
+
+    calls = []
+    monkeypatch.setattr(metrics, "predict_proba", lambda *a, **k: calls.append(1) or np.zeros((len(a[2]), 2)))
+    assert metrics.evaluate(model, tokenizer, **tests, cache=tmp_path) == first and calls == []
+    metrics.evaluate(model, tokenizer, **{**tests, "clean_test": sst2.test.select(range(1, 11))}, cache=tmp_path)
+    assert calls == [1]  # other texts: computed (here by the stand-in) and stored

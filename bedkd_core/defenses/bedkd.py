@@ -22,8 +22,8 @@ from datasets import Dataset
 
 from ..data import DataError
 from ..progress import progress
-from ..victim import (cache_dir, cache_key, device, fingerprint, load_classifier, predict_proba, save_model,
-                      seed_everything, tokenize, weights_digest)
+from ..victim import (BATCHINGS, cache_dir, cache_key, device, epoch_batches, fingerprint, load_classifier,
+                      predict_proba, save_model, seed_everything, token_lengths, tokenize, weights_digest)
 from .base import DefenderData, DefenseConfig, DefenseResult
 
 
@@ -75,6 +75,9 @@ class BeDKDConfig(DefenseConfig):
     learning_rate: float = 3e-5
     batch_size: int = 16
     max_length: int = 128
+    batching: str = "shuffle"
+    """How the fixed DMM and AKD batches are cut: `shuffle` (the reference: one shuffle, cut in order) or
+    `by_length` (rows of similar length together, the batches then shuffled: `VictimConfig.batching`)."""
     seed: int = 42
     curve_every: int = 0
     """Record CACC/ASR on the curve set every N AKD epochs (0 = never)."""
@@ -84,11 +87,12 @@ PRESETS = {
     "fixed": {},
     "faithful": dict(scan="file_order", max_candidates=128, infer_target=False, refine="none", mask_padding=False,
                      punish_bound=None, holdout=0),
-    "quick": dict(dmm_per_class=64, clean_per_class=64, dmm_epochs=10, akd_epochs=12),
+    "quick": dict(dmm_per_class=64, clean_per_class=64, dmm_epochs=10, akd_epochs=12, batching="by_length"),
 }
 """Named presets; `quick` shrinks the fixed preset to run in minutes on 2 CPU cores.
 
-quick trades clean rows for epochs: 12 epochs of 8 trust + 2 punish batches, not 6 of 16 + 2. The punished
+quick also cuts its batches by length (half the padding, about a third less time on a CPU). It trades clean rows for
+epochs: 12 epochs of 8 trust + 2 punish batches, not 6 of 16 + 2. The punished
 rows need about that many ascent steps before they lose the target label (SST-2 AddSent, CPU, seed 0, on the
 earlier quick victim of two shuffled epochs: the watched rows still kept it at epoch 5 of 6, ASR 0.87; with 12
 epochs ASR 0.014, CACC unchanged)."""
@@ -103,7 +107,7 @@ def make_config(*, preset: str = "fixed", **overrides) -> BeDKDConfig:
         raise DataError(f"unknown BeDKD option(s) {', '.join(sorted(unknown))}: valid are {', '.join(sorted(fields))}")
     config = BeDKDConfig(**{**PRESETS[preset], "preset": preset, **overrides})
     for field, valid in (("identify", ("agreement", "random", "oracle")), ("scan", ("file_order", "rank")),
-                         ("refine", ("none", "direction"))):
+                         ("refine", ("none", "direction")), ("batching", BATCHINGS)):
         if getattr(config, field) not in valid:
             raise DataError(f"unknown BeDKD {field} {getattr(config, field)!r}: use one of {', '.join(valid)}")
     return config
@@ -155,13 +159,13 @@ class _Batch:
 
 
 def _fixed_batches(teacher, tokenizer, data: Dataset, *, config: BeDKDConfig, seed: int) -> list[_Batch]:
-    """Shuffle once with `seed` and cut into fixed batches, as the reference does (then fed in a fixed order)."""
-    order = np.random.default_rng(seed).permutation(len(data))
+    """Shuffle once with `seed` and cut into fixed batches, as the reference does (then fed in a fixed order); with
+    `config.batching="by_length"`, rows of similar length share a batch."""
     texts, labels = list(data["text"]), list(data["label"])
+    lengths = token_lengths(tokenizer, texts, max_length=config.max_length) if config.batching == "by_length" else None
     teacher.eval()
     batches = []
-    for start in range(0, len(order), config.batch_size):
-        rows = order[start : start + config.batch_size]
+    for rows in epoch_batches(len(texts), batch_size=config.batch_size, rng=np.random.default_rng(seed), lengths=lengths):
         batch = _Batch(tokenize(tokenizer, [texts[i] for i in rows], config.max_length),
                        torch.tensor([labels[i] for i in rows], device=device()), teacher)
         if config.cache_teacher:
@@ -215,7 +219,7 @@ def split_clean(clean: Dataset, *, num_classes: int, dmm_per_class: int, clean_p
 
 
 DMM_SETTINGS = ("dmm_epochs", "temperature_dmm", "alpha", "kl_weight", "hidden_weight", "mask_padding",
-                "learning_rate", "batch_size", "max_length", "seed")
+                "learning_rate", "batch_size", "max_length", "batching", "seed")
 """The config fields that shape a DMM; with the teacher's weights and the data they key the DMM cache."""
 DMM_CACHE_VERSION = 1
 """Part of every DMM cache key: bump it when `train_dmm`'s arithmetic changes, so no stale DMM is reused."""
