@@ -262,8 +262,8 @@ def benchmarks_markdown() -> str:
 
 def _victim_run(run: dict) -> str:
     config = run["config"]
-    return (f"{run['seconds']:.0f} s ({config['epochs']} epoch(s) at {config['learning_rate']:g}, {config['batching']} "
-            f"batches: CACC {run['cacc']:.3f}, ASR {run['asr']:.3f})")
+    return (f"{run['seconds']:.0f} s ({config['epochs']} epoch(s) of {config['batching']} batches of "
+            f"{config['batch_size']}: CACC {run['cacc']:.3f}, ASR {run['asr']:.3f})")
 
 
 def _benchmark_provenance(run: dict) -> str:

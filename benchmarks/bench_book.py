@@ -28,8 +28,11 @@ def build(cache: Path, output: Path) -> float:
            "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
     start = time.perf_counter()
-    subprocess.run([jupyter_book, "build", "-W", "--keep-going", "--path-output", output, REPO_ROOT],
-                   env=env, check=True, capture_output=True)
+    done = subprocess.run([jupyter_book, "build", "-W", "--keep-going", "--path-output", output, REPO_ROOT],
+                          env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the book build failed (exit {done.returncode}); its output ends with:\n"
+                         f"{(done.stdout + done.stderr)[-6000:]}")
     return time.perf_counter() - start
 
 

@@ -3,8 +3,9 @@
     python benchmarks/bench_victim.py [--rows 256] [--batch-size 32]
 
 With --compare-quick, it trains the quick SST-2 BadNets victim twice from the same poisoned rows instead: with the
-quick scale's settings (one epoch, lr 1e-4, length-grouped batches) and with the settings quick used before (two
-shuffled epochs at 5e-5), and prints seconds, CACC and ASR side by side (--json writes them with provenance).
+quick scale's settings (one epoch of length-grouped batches of 16) and with the settings quick used before (two
+epochs of shuffled batches of 32), and prints seconds, CACC and ASR side by side (--json writes them with
+provenance).
 
     python benchmarks/bench_victim.py --compare-quick [--json results/benchmarks/quick-victim.json]
 """
@@ -43,11 +44,11 @@ def samples_per_second(texts, labels, *, padding: str, batch_size: int, max_leng
 
 
 def compare_quick(json_path: Path | None) -> None:
-    """The quick victim with the quick scale's settings vs two shuffled epochs at 5e-5, same rows, same seed."""
+    """The quick victim with the quick scale's settings vs two shuffled epochs of 32, same rows, same seed."""
     start_info = provenance()
     prepared = prepare(dataset="sst2", attack=AttackConfig(name="badnets"), scale="quick", seed=0)
     settings = {"quick now": prepared.victim_config,
-                "quick before": dataclasses.replace(prepared.victim_config, epochs=2, learning_rate=5e-5,
+                "quick before": dataclasses.replace(prepared.victim_config, epochs=2, batch_size=32,
                                                     batching="shuffle")}
     rows = {}
     for name, config in settings.items():
@@ -60,7 +61,7 @@ def compare_quick(json_path: Path | None) -> None:
                            target_label=prepared.attack.target_label)
         rows[name] = {"config": config.asdict(), "seconds": round(seconds, 1), "cacc": round(metrics["cacc"], 3),
                       "asr": round(metrics["asr"], 3)}
-        print(f"{name:13s} {config.epochs} epoch(s), lr {config.learning_rate:g}, {config.batching:9s}: "
+        print(f"{name:13s} {config.epochs} epoch(s) of {config.batching} batches of {config.batch_size:2d}: "
               f"{seconds:6.1f} s   CACC {metrics['cacc']:.3f}   ASR {metrics['asr']:.3f}")
     print(f"time ratio, before / now: {rows['quick before']['seconds'] / rows['quick now']['seconds']:.2f}x")
     if json_path:

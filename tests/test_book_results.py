@@ -132,15 +132,15 @@ def test_headline_lists_the_benchmarks_with_their_provenance(results):
     (results / "benchmarks" / "bedkd.json").write_text(json.dumps(
         {"scale": "quick", "akd_epochs": 5, "speedup": 3.5, "identical_metrics": True, "provenance": prov,
          "results": {"reference schedule": {"seconds": 350.0}, "as implemented": {"seconds": 100.0}}}))
-    runs = {name: {"config": {"epochs": epochs, "learning_rate": lr, "batching": batching}, "seconds": seconds,
+    runs = {name: {"config": {"epochs": epochs, "batch_size": size, "batching": batching}, "seconds": seconds,
                    "cacc": 0.8, "asr": 1.0}
-            for name, epochs, lr, batching, seconds in (("quick now", 1, 1e-4, "by_length", 50.0),
-                                                         ("quick before", 2, 5e-5, "shuffle", 175.0))}
+            for name, epochs, size, batching, seconds in (("quick now", 1, 16, "by_length", 50.0),
+                                                           ("quick before", 2, 32, "shuffle", 175.0))}
     (results / "benchmarks" / "quick-victim.json").write_text(json.dumps(
         {"dataset": "sst2", "attack": "badnets", "train_rows": 2000, "runs": runs, "provenance": prov}))
     text = book.headline_markdown(("full",))
-    assert "2000 rows): 50 s (1 epoch(s) at 0.0001, by_length batches: CACC 0.800, ASR 1.000) vs 175 s (2 epoch(s) " \
-           "at 5e-05, shuffle batches: CACC 0.800, ASR 1.000) before, 3.50x faster; commit feedbeef0000" in text
+    assert "2000 rows): 50 s (1 epoch(s) of by_length batches of 16: CACC 0.800, ASR 1.000) vs 175 s (2 epoch(s) " \
+           "of shuffle batches of 32: CACC 0.800, ASR 1.000) before, 3.50x faster; commit feedbeef0000" in text
     assert "450 s with the victims cached (0.75 x the 10-min budget), 900 s from an empty cache (1.50 x)" in text
     assert "5 epochs, reference evaluation length-sorted (an earlier version of the benchmark)): 350 s vs 100 s, " \
            "3.50x faster, final metrics identical; commit feedbeef0000" in text
