@@ -45,10 +45,10 @@ class Scale:
 
 SCALES = {
     # quick: one epoch of length-grouped batches of 16 and test samples of 400 rows, to fit the quick book build in
-    # its 10-minute budget on 2 cores. SST-2 BadNets, 2 CPU cores, seed 0: 56 s for CACC 0.851, ASR 0.999 (the clean twin: CACC 0.860, floor
-    # 0.179), against 174 s for CACC 0.863, ASR 0.991 with two shuffled epochs of 32 (benchmarks/bench_victim.py
-    # --compare-quick, results/benchmarks/quick-victim.json). One epoch of 32 at 1e-4 was faster but unstable: its
-    # clean twin reached CACC 0.750 with a floor of 0.458.
+    # its 10-minute budget on 2 cores (benchmarks/bench_book.py). SST-2 BadNets, 2 CPU cores, seed 0, 800 test rows:
+    # 56 s for CACC 0.851, ASR 0.999 (clean twin: CACC 0.860, floor 0.179), against 174 s for CACC 0.863, ASR 0.991
+    # with two shuffled epochs of 32 (benchmarks/bench_victim.py --compare-quick measures both side by side). One
+    # epoch of 32 at 1e-4 took 47 s but was unstable: its clean twin reached CACC 0.750 with a floor of 0.458.
     "quick": Scale("quick", train_size=2000, victim_epochs=1, test_size=400, clean_pool_per_class=400,
                    victim_batch_size=16, victim_batching="by_length"),
     "full": Scale("full", train_size=None, victim_epochs=3, test_size=None, clean_pool_per_class=400),
