@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from datasets import Dataset
 
-from .victim import device, predict_proba
+from .victim import device, predict_proba, save_arrays_atomic
 
 
 def accuracy(predictions: np.ndarray, labels) -> float:
@@ -55,10 +54,7 @@ def predictions(model, tokenizer, texts: list[str], *, max_length: int = 128, ca
     if path.is_file():
         return np.load(path, allow_pickle=False)
     predicted = predict_proba(model, tokenizer, texts, max_length=max_length).argmax(1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy", delete=False) as handle:
-        np.save(handle, predicted)
-    Path(handle.name).replace(path)  # atomic: a killed run never leaves half a file under the key
+    save_arrays_atomic(path, predicted)
     return predicted
 
 

@@ -227,6 +227,17 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def save_arrays_atomic(path: Path, arrays: np.ndarray | dict[str, np.ndarray]) -> None:
+    """Save one array (.npy) or several (.npz) at `path` atomically: a killed run never leaves half a file there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=path.suffix, delete=False) as handle:
+        if isinstance(arrays, dict):
+            np.savez(handle, **arrays)
+        else:
+            np.save(handle, arrays)
+    Path(handle.name).replace(path)
+
+
 def cache_key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 

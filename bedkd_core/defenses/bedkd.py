@@ -10,7 +10,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,8 @@ from datasets import Dataset
 from ..data import DataError
 from ..progress import progress
 from ..victim import (BATCHINGS, cache_dir, cache_key, device, epoch_batches, fingerprint, load_classifier,
-                      predict_proba, save_model, seed_everything, token_lengths, tokenize, weights_digest)
+                      predict_proba, save_arrays_atomic, save_model, seed_everything, token_lengths, tokenize,
+                      weights_digest)
 from .base import DefenderData, DefenseConfig, DefenseResult
 
 
@@ -289,10 +289,7 @@ def agreement_scores(teacher, dmm, tokenizer, texts: list[str], *, max_length: i
     scores = {"score": np.abs(p_teacher - p_dmm).mean(axis=1), "teacher_pred": p_teacher.argmax(1),
               "dmm_pred": p_dmm.argmax(1), "teacher_prob": p_teacher, "dmm_prob": p_dmm}
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
-            np.savez(handle, **scores)
-        Path(handle.name).replace(path)  # atomic: a killed run never leaves half a file under the key
+        save_arrays_atomic(path, scores)
     return scores
 
 
