@@ -6,15 +6,15 @@ written by real runs; chapters render tables from them and say "not yet run" for
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 import pandas as pd
 
+from . import store
 from .data import DataError, data_root
+from .store import cell_dir, load_reports  # noqa: F401  (what chapters read results with)
 
-RESULTS_DIR = Path(os.environ.get("BEDKD_RESULTS", Path(__file__).resolve().parent.parent / "results"))
 NOT_RUN = "not yet run"
 
 
@@ -24,44 +24,6 @@ def check_setup() -> Path:
         return data_root()
     except DataError as err:
         raise SystemExit(f"{err}") from None
-
-
-def cell_dir(*, grid: str, dataset: str, attack: str, defense: str, seed: int = 0) -> Path:
-    return RESULTS_DIR / grid / dataset / attack / defense / f"seed{seed}"
-
-
-CORRECTIONS = "provenance-corrections.json"
-"""results/provenance-corrections.json: known-wrong provenance commits of stored reports, each with the commit that
-really ran and why. The reports stay as written; readers see the correction through `load_reports`."""
-
-
-def provenance_corrections() -> list[dict]:
-    path = RESULTS_DIR / CORRECTIONS
-    return json.loads(path.read_text())["corrections"] if path.is_file() else []
-
-
-def corrected_provenance(provenance: dict, corrections: list[dict]) -> dict:
-    """`provenance` with its commit replaced by the one a matching correction (same commit and device) names."""
-    for fix in corrections:
-        if (provenance.get("git_commit"), provenance.get("device")) == (fix["recorded_commit"], fix["device"]):
-            return {**provenance, "git_commit": fix["source_commit"], "recorded_commit": fix["recorded_commit"],
-                    "correction": fix["why"]}
-    return provenance
-
-
-def load_reports(grid: str) -> list[dict]:
-    """Every report of a grid, each with its cell coordinates added under `cell` (and its provenance corrected
-    where results/provenance-corrections.json says the recorded commit is wrong)."""
-    reports, corrections = [], provenance_corrections()
-    for path in sorted((RESULTS_DIR / grid).glob("*/*/*/seed*/report.json")):
-        dataset, attack, defense, seed = path.parent.relative_to(RESULTS_DIR / grid).parts
-        report = json.loads(path.read_text())
-        if "provenance" in report:
-            report["provenance"] = corrected_provenance(report["provenance"], corrections)
-        report["cell"] = {"dataset": dataset, "attack": attack, "defense": defense, "seed": int(seed[4:]),
-                          "dir": str(path.parent)}
-        reports.append(report)
-    return reports
 
 
 def results_frame(grid: str, *, expected: list[tuple[str, str, str]] | None = None) -> pd.DataFrame:
@@ -104,7 +66,7 @@ def victims_frame(*, scale: str, datasets: list[str], attacks: list[str], seed: 
     from .attacks import AttackConfig
 
     found = {}
-    for grid in sorted(p.name for p in RESULTS_DIR.iterdir() if p.is_dir()) if RESULTS_DIR.is_dir() else []:
+    for grid in store.grids():
         for r in load_reports(grid):
             dataset, attack = r["cell"]["dataset"], (r.get("attack") or {}).get("name")
             if (r.get("scale") != scale or r.get("seed") != seed or dataset not in datasets or attack not in attacks
@@ -233,7 +195,7 @@ def benchmarks_markdown() -> str:
     """One line per benchmark under results/benchmarks/ (book build, BeDKD speed, quick victim), with its commit
     and device."""
     lines = []
-    book_file, bedkd_file = RESULTS_DIR / "benchmarks" / "book.json", RESULTS_DIR / "benchmarks" / "bedkd.json"
+    book_file, bedkd_file = store.RESULTS_DIR / "benchmarks" / "book.json", store.RESULTS_DIR / "benchmarks" / "bedkd.json"
     if book_file.is_file():
         run = json.loads(book_file.read_text())
         budget = run["budget_seconds"]
@@ -250,7 +212,7 @@ def benchmarks_markdown() -> str:
                      f"{ref['seconds']:.0f} s vs {ours['seconds']:.0f} s, "
                      f"{run['speedup']:.2f}x faster, final metrics "
                      f"{'identical' if run['identical_metrics'] else 'different'}; {_benchmark_provenance(run)}.")
-    victim_file = RESULTS_DIR / "benchmarks" / "quick-victim.json"
+    victim_file = store.RESULTS_DIR / "benchmarks" / "quick-victim.json"
     if victim_file.is_file():
         run = json.loads(victim_file.read_text())
         now, before = run["runs"]["quick now"], run["runs"]["quick before"]

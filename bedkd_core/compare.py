@@ -31,7 +31,8 @@ from .data import NUM_CLASSES, DataError
 from .defenses import (DEFENSES, KINDS, NotRunnable, check_defense_data, config_fields, make_defense_config,
                        with_threat_model)
 from .defenses.base import DefenderData, defender_view
-from .experiments import clean_floor, get_scale, prepare, provenance, write_json_atomic
+from .experiments import clean_floor, get_scale, prepare
+from .store import provenance, write_json_atomic
 from .metrics import detection_scores, evaluate, evaluate_defense
 
 COLUMNS = ["defense", "kind", "status", "cacc", "asr", "frr", "far", "cacc_all", "det_precision", "det_recall",

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from datasets import Dataset
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .store import REPO_ROOT
+
 MANIFEST_PATH = Path(__file__).resolve().parent / "manifest.json"  # a link to data/manifest.json
 
 NUM_CLASSES = {"sst2": 2, "olid": 2, "agnews": 4}

@@ -9,13 +9,13 @@ import argparse
 import hashlib
 import http.client
 import json
-import os
 import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from .data import NUM_CLASSES, REPO_ROOT, DataError, load_manifest, sha256_of
+from .data import NUM_CLASSES, DataError, load_manifest, sha256_of
+from .store import REPO_ROOT, atomic_file
 
 DEFAULT_DIR = REPO_ROOT / "data"
 TIMEOUT_S = 60
@@ -84,14 +84,8 @@ def convert(raw: bytes, *, entry: dict, root: Path) -> bytes:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        part.write_bytes(data)
-        os.replace(part, path)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as handle:
+        handle.write(data)
 
 
 def download(

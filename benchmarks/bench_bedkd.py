@@ -24,7 +24,8 @@ import torch
 from bedkd_core.attacks import AttackConfig
 from bedkd_core.defenses.base import DefenderData, defender_view
 from bedkd_core.defenses.bedkd import make_config, split_clean, train_dmm, agreement_scores, identify_poisoned, akd
-from bedkd_core.experiments import prepare, provenance, write_json_atomic
+from bedkd_core.experiments import prepare
+from bedkd_core.store import provenance, write_json_atomic
 from bedkd_core.metrics import accuracy, attack_success_rate, evaluate
 from bedkd_core.victim import tokenize
 

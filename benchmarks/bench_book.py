@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bedkd_core.experiments import provenance, write_json_atomic
+from bedkd_core.store import provenance, write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

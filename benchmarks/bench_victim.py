@@ -22,7 +22,8 @@ from pathlib import Path
 
 from bedkd_core.attacks import AttackConfig
 from bedkd_core.data import load_task
-from bedkd_core.experiments import prepare, provenance, write_json_atomic
+from bedkd_core.experiments import prepare
+from bedkd_core.store import provenance, write_json_atomic
 from bedkd_core.metrics import evaluate
 from bedkd_core.victim import device, load_classifier, seed_everything, train_classifier
 

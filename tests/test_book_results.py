@@ -4,12 +4,12 @@ import json
 import pandas as pd
 import pytest
 
-from bedkd_core import book
+from bedkd_core import book, store
 
 
 @pytest.fixture
 def results(tmp_path, monkeypatch):
-    monkeypatch.setattr(book, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(store, "RESULTS_DIR", tmp_path)
     cell = book.cell_dir(grid="full", dataset="sst2", attack="badnets", defense="bedkd-fixed")
     cell.mkdir(parents=True)
     (cell / "report.json").write_text(json.dumps({
@@ -75,7 +75,7 @@ def test_headline_averages_finished_full_cells_and_quotes_only_the_abstract(resu
 
 
 def test_a_provenance_correction_replaces_the_recorded_commit_without_touching_the_report(results):
-    (results / book.CORRECTIONS).write_text(json.dumps({"corrections": [
+    (results / store.CORRECTIONS).write_text(json.dumps({"corrections": [
         {"recorded_commit": "abc123def4567890", "device": "cpu (x86_64, 2 cores)", "source_commit": "fedcba9876543210",
          "why": "stale .git on the copied tree"},
         {"recorded_commit": "abc123def4567890", "device": "NVIDIA H200", "source_commit": "0000", "why": "other device"}]}))
@@ -88,8 +88,8 @@ def test_a_provenance_correction_replaces_the_recorded_commit_without_touching_t
 
 
 def test_every_stored_provenance_correction_matches_a_stored_report():
-    corrections = book.provenance_corrections()
-    grids = [p.name for p in book.RESULTS_DIR.iterdir() if p.is_dir()]
+    corrections = store.provenance_corrections()
+    grids = [p.name for p in store.RESULTS_DIR.iterdir() if p.is_dir()]
     corrected = [r["provenance"].get("recorded_commit") for g in grids for r in book.load_reports(g)
                  if "provenance" in r]
     assert all(fix["recorded_commit"] in corrected for fix in corrections)

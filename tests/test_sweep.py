@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bedkd_core import sweep
+from bedkd_core import store, sweep
 from bedkd_core.sweep import GridError, expected_settings, load_grid, run_sweep, sweep_status
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -487,26 +487,24 @@ def test_real_one_cell_sweep_on_the_cached_quick_victim(tmp_path, capsys):
 
 
 def test_provenance_names_the_source_commit_of_a_copied_tree(monkeypatch):
-    from bedkd_core import experiments
-
     real_run = subprocess.run
 
     def stale_git(command, *args, **kwargs):
         assert command[0] != "git", "git must not be asked when the source commit is named"
         return real_run(command, *args, **kwargs)
 
-    monkeypatch.setenv(experiments.SOURCE_COMMIT_ENV, "abc123")
-    monkeypatch.setattr(experiments.subprocess, "run", stale_git)
-    assert experiments.provenance()["git_commit"].startswith("abc123 (from $BEDKD_SOURCE_COMMIT")
-    monkeypatch.delenv(experiments.SOURCE_COMMIT_ENV)
+    monkeypatch.setenv(store.SOURCE_COMMIT_ENV, "abc123")
+    monkeypatch.setattr(store.subprocess, "run", stale_git)
+    assert store.provenance()["git_commit"].startswith("abc123 (from $BEDKD_SOURCE_COMMIT")
+    monkeypatch.delenv(store.SOURCE_COMMIT_ENV)
 
     def no_git(command, *args, **kwargs):
         if command[0] == "git":
             raise FileNotFoundError("git")
         return real_run(command, *args, **kwargs)
 
-    monkeypatch.setattr(experiments.subprocess, "run", no_git)
-    assert experiments.provenance()["git_commit"] == "unknown"
+    monkeypatch.setattr(store.subprocess, "run", no_git)
+    assert store.provenance()["git_commit"] == "unknown"
 
 
 def test_gpu_sweep_script_runs_blocks_in_order_and_packs_finished_cells(tmp_path):
