@@ -11,11 +11,13 @@ import itertools
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from datasets import Dataset
 
 from .data import NUM_CLASSES, DataError, Splits, load_pool, read_table
+from .options import option
 
 PUBLISHED_RATES = {"badnets": 0.1, "addsent": 0.1, "synbkd": 0.2, "stylebkd": 0.2, "sos": 0.1, "file": None}
 """Default poison rates: OpenBackdoor's 0.1 for insertions, HiddenKiller/StyleBkd's 0.2 for paraphrase triggers."""
@@ -33,16 +35,22 @@ class AttackConfig:
     """Every parameter of an attack; `asdict()` is what reports record and what the victim cache hashes."""
 
     name: str
-    poison_rate: float | None = None
-    target_label: int | None = None
-    label_mode: str = "dirty"
-    seed: int = 0
-    triggers: tuple[str, ...] = ("cf", "mn", "bb", "tq")
-    num_insertions: int = 1
-    trigger_sentence: str = "I watch this 3D movie"
-    sos_triggers: tuple[str, ...] = ("friends", "weekend", "store")
-    negative_rate: float = 0.1
-    poison_dir: str | None = None
+    poison_rate: float | None = option(None, "share of train rows poisoned (default: the published rate)")
+    target_label: int | None = option(
+        None,
+        "the label the backdoor predicts (default: the published target of the dataset)")
+    label_mode: Literal["dirty", "clean"] = option(
+        "dirty",
+        "dirty: relabel poisoned non-target rows; clean: trigger target rows, labels unchanged")
+    seed: int = option(0, "random seed of the row choice and trigger placement")
+    triggers: tuple[str, ...] = option(("cf", "mn", "bb", "tq"), "BadNets words, comma-separated: w1,w2,...")
+    num_insertions: int = option(1, "BadNets: trigger words inserted per row")
+    trigger_sentence: str = option("I watch this 3D movie", "AddSent: the trigger sentence")
+    sos_triggers: tuple[str, ...] = option(("friends", "weekend", "store"), "SOS: the trigger words, comma-separated")
+    negative_rate: float = option(
+        0.1,
+        "SOS: share of rows given a partial trigger and their true label (negative augmentation)")
+    poison_dir: str | None = option(None, "--attack file: folder with train.jsonl, test_poisoned.jsonl")
 
     def resolved(self, dataset: str) -> "AttackConfig":
         """Fill the published defaults (rate, target) that depend on the attack and dataset."""

@@ -13,7 +13,7 @@ import pandas as pd
 
 from . import store
 from .data import DataError, data_root
-from .store import cell_dir, load_reports  # noqa: F401  (what chapters read results with)
+from .store import load_reports
 
 NOT_RUN = "not yet run"
 

@@ -1,134 +1,85 @@
-"""The `bedkd` command: argument parsing and printing only; the work happens in `experiments`."""
+"""The `bedkd` command: argument parsing and printing only; the work happens in the library.
+
+Every subcommand is registered the same way: a module's `add_command(subparsers)` adds its parser and sets
+`handler`, a function of the parsed arguments that returns the exit code. `main` runs it and turns a DataError
+(bad input) into one line on stderr and exit code 2. Option flags are made from the typed configs' fields
+(`bedkd_core.options`), so `--help` and the configs cannot drift apart.
+"""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
+from pathlib import Path
 
-from . import compare, grading, student, sweep
+from . import grading, options, student, sweep
 from .attacks import ATTACKS, AttackConfig
 from .data import NUM_CLASSES, DataError
-from .defenses import BASELINES, DEFENSES, cli_options, options_for
-from .defenses.bedkd import PRESETS, BeDKDConfig
+from .defenses import DEFENSES, get_defense
 
-BEDKD_OPTIONS = {  # CLI flag → (config field, type)
-    "--preset": ("preset", str),
-    "--clean-per-class": ("clean_per_class", int),
-    "--dmm-per-class": ("dmm_per_class", int),
-    "--n-poison": ("n_poison", int),
-    "--tau": ("tau", float),
-    "--dmm-epochs": ("dmm_epochs", int),
-    "--akd-epochs": ("akd_epochs", int),
-    "--temperature-dmm": ("temperature_dmm", float),
-    "--temperature-akd": ("temperature_akd", float),
-    "--alpha": ("alpha", float),
-    "--kl-weight": ("kl_weight", float),
-    "--hidden-weight": ("hidden_weight", float),
-    "--identify": ("identify", str),
-    "--max-candidates": ("max_candidates", int),
-    "--scan": ("scan", str),
-    "--refine": ("refine", str),
-    "--punish-bound": ("punish_bound", float),
-    "--holdout": ("holdout", int),
-    "--dev-tolerance": ("dev_tolerance", float),
-    "--learning-rate": ("learning_rate", float),
-    "--batching": ("batching", str),
-    "--curve-every": ("curve_every", int),
-}
-BEDKD_SWITCHES = {  # CLI flag → config field it turns off
-    "--no-infer-target": "infer_target",
-    "--no-mask-padding": "mask_padding",
-    "--no-punish-bound": "punish_bound",
-}
+ATTACK_FIXED = ("name", "seed")
+"""AttackConfig fields that are not flags: --attack names the attack, --seed is the experiment's."""
+DEFENSE_FIXED = ("seed",)
+"""Defense config fields that are not flags (--seed is the experiment's; each defense keeps its own seed)."""
 
 
-def _add_bedkd_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("BeDKD options (defaults: the preset's; see `bedkd_core.defenses.bedkd`)")
-    for flag, (field, kind) in BEDKD_OPTIONS.items():
-        default = next(f.default for f in dataclasses.fields(BeDKDConfig) if f.name == field)
-        extra = f"; presets: {', '.join(PRESETS)}" if field == "preset" else ""
-        group.add_argument(flag, dest=field, type=kind, default=None, help=f"default {default}{extra}")
-    for flag, field in BEDKD_SWITCHES.items():
-        group.add_argument(flag, dest=f"off_{field}", action="store_true", help=f"turn off {field}")
+def _add_experiment_arguments(parser: argparse.ArgumentParser, *, out_help: str) -> None:
+    parser.add_argument("--dataset", required=True,
+                        help=f"{', '.join(NUM_CLASSES)} or a folder with train/dev/test files")
+    parser.add_argument("--attack", required=True, help=f"one of {', '.join(ATTACKS)}")
+    parser.add_argument("--scale", choices=["quick", "full"], default=None, help="default: $BEDKD_SCALE or quick")
+    parser.add_argument("--model", default=None, help="hub id or local folder (default: $BEDKD_MODEL or minilm)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--no-floor", action="store_true", help="skip the clean-model floor (saves one victim)")
+    options.add_arguments(parser.add_argument_group("attack options (defaults: the published settings)"),
+                          {"attack": AttackConfig}, skip=ATTACK_FIXED)
 
 
-def _add_baseline_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("baseline defense options (defaults: the defense's, by scale)")
-    taken = {field for field, _ in BEDKD_OPTIONS.values()}
-    for flag, field, kind, help_text, users in cli_options():
-        if field not in taken:
-            group.add_argument(flag, dest=field, type=kind, default=None, help=f"{help_text} ({', '.join(users)})")
+def attack_config(args: argparse.Namespace) -> AttackConfig:
+    """The attack the command line asks for."""
+    return AttackConfig(name=args.attack, **options.given(args, AttackConfig, skip=ATTACK_FIXED, what="attack"))
 
 
-def _baseline_options(args, name: str) -> dict:
-    fields = {field for _, field, _, _, _ in cli_options()}
-    return options_for(name, {field: getattr(args, field, None) for field in fields})
+def _defense_classes(names) -> dict[str, type]:
+    return {name: DEFENSES[name].config_cls for name in names}
 
 
-def _bedkd_options(args) -> dict:
-    options = {field: getattr(args, field) for field, _ in BEDKD_OPTIONS.values() if getattr(args, field) is not None}
-    for field in BEDKD_SWITCHES.values():
-        if getattr(args, f"off_{field}"):
-            options[field] = None if field == "punish_bound" else False
-    return options
+def defense_options(args: argparse.Namespace, name: str, *, offered) -> dict:
+    """The defense flags given for defense `name`; a flag that `name` does not take is an error naming it."""
+    cls = get_defense(name).config_cls
+    own = set(options.options_of(cls))
+    flags = {field for other in offered for field in options.options_of(DEFENSES[other].config_cls)}
+    stray = [field for field in options.given_names(args, sorted(flags - set(DEFENSE_FIXED))) if field not in own]
+    if stray:
+        flags_text = ", ".join("--" + field.replace("_", "-") for field in stray)
+        valid = ", ".join(sorted(own - set(DEFENSE_FIXED))) or "none"
+        raise DataError(f"option(s) {flags_text} do not apply to --defense {name}; its options are {valid}")
+    return options.given(args, cls, skip=DEFENSE_FIXED, what=options.label(cls))
 
 
-def _words(text: str) -> tuple[str, ...]:
-    words = tuple(w.strip() for w in text.split(",") if w.strip())
-    if not words:
-        raise argparse.ArgumentTypeError("give at least one word, comma-separated: w1,w2")
-    return words
+# ---------------------------------------------------------------- bedkd run
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bedkd", description="Backdoor attacks on text classifiers and the BeDKD defense.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="train (or reuse) a victim, apply a defense, evaluate, write report.json")
-    run.add_argument("--dataset", required=True, help=f"{', '.join(NUM_CLASSES)} or a folder with train/dev/test files")
-    run.add_argument("--attack", required=True, help=f"one of {', '.join(ATTACKS)}")
+    _add_experiment_arguments(run, out_help="folder for report.json and artifacts")
     run.add_argument("--defense", default="none", help=f"one of {', '.join(DEFENSES)}")
-    run.add_argument("--scale", choices=["quick", "full"], default=None, help="default: $BEDKD_SCALE or quick")
-    run.add_argument("--model", default=None, help="hub id or local folder (default: $BEDKD_MODEL or minilm)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--out", required=True, help="folder for report.json and artifacts")
-    run.add_argument("--no-floor", action="store_true", help="skip the clean-model floor (saves one victim)")
-    run.add_argument("--trust-pickle", action="store_true", help="allow pickle weights (.bin/.pt): only for files you trust")
-    attack = run.add_argument_group("attack options (defaults: the published settings)")
-    attack.add_argument("--poison-rate", type=float, default=None)
-    attack.add_argument("--target-label", type=int, default=None)
-    attack.add_argument("--label-mode", choices=["dirty", "clean"], default="dirty")
-    attack.add_argument("--triggers", type=_words, default=AttackConfig.triggers, help="BadNets words: w1,w2,...")
-    attack.add_argument("--num-insertions", type=int, default=1)
-    attack.add_argument("--trigger-sentence", default=AttackConfig.trigger_sentence)
-    attack.add_argument("--sos-triggers", type=_words, default=AttackConfig.sos_triggers)
-    attack.add_argument("--negative-rate", type=float, default=AttackConfig.negative_rate)
-    attack.add_argument("--poison-dir", default=None, help="--attack file: folder with train.jsonl, test_poisoned.jsonl")
-    _add_bedkd_options(run)
-    _add_baseline_options(run)
+    run.add_argument("--trust-pickle", action="store_true",
+                     help="allow pickle weights (.bin/.pt): only for files you trust")
+    options.add_arguments(run.add_argument_group("defense options (defaults: the defense's preset for the scale)"),
+                          _defense_classes(n for n in DEFENSES if n != "none"), skip=DEFENSE_FIXED)
+    run.set_defaults(handler=_run)
 
-    defend = sub.add_parser("defend", help="defend a model you bring (HF folder with safetensors) with BeDKD")
-    defend.add_argument("--victim", required=True)
-    defend.add_argument("--clean", required=True, help="your clean labelled file (.jsonl/.csv/.tsv)")
-    defend.add_argument("--suspect", required=True, help="the unverified training file")
-    defend.add_argument("--out", required=True)
-    defend.add_argument("--trust-pickle", action="store_true")
-    _add_bedkd_options(defend)
 
-    grading.add_parser(sub)  # bedkd grade NOTEBOOK [--json]
-    student.add_parser(sub)  # bedkd student-copies [--out DIR] [--root BOOK] [--check]
+def _run(args: argparse.Namespace) -> int:
+    from .experiments import run_experiment
 
-    compare.add_parser(sub)  # bedkd compare --dataset D --attack A --defenses bedkd,finetune,... --out DIR
-    sweep.add_parser(sub)  # bedkd sweep --grid NAME --out results/ [--status] [--backend ray] ...
-
-    headline = sub.add_parser("headline", help="the headline over finished full-scale cells, from results/")
-    headline.add_argument("--readme", default=None, help="also rewrite the headline block of this README.md")
-
-    download = sub.add_parser("download", help="fetch the datasets from their public sources and verify sha256")
-    download.add_argument("--to", default=None)
-    download.add_argument("--dataset", action="append", default=None)
-    download.add_argument("--force", action="store_true")
-    return parser
+    given = defense_options(args, args.defense, offered=[n for n in DEFENSES if n != "none"])
+    report = run_experiment(dataset=args.dataset, attack=attack_config(args), defense=args.defense,
+                            defense_options=given, scale=args.scale, model=args.model, seed=args.seed, out=args.out,
+                            with_floor=not args.no_floor, trust_pickle=args.trust_pickle)
+    _print_report(report)
+    print(f"report: {args.out}/report.json")
+    return 0
 
 
 def _print_report(report: dict) -> None:
@@ -150,64 +101,117 @@ def _print_report(report: dict) -> None:
         print(f"detection: {d['n_flagged']} flagged, precision {d['precision']:.2f}, recall {d['recall']:.3f}")
 
 
+# ---------------------------------------------------------------- bedkd defend
+
+def _add_defend(sub) -> None:
+    defend = sub.add_parser("defend", help="defend a model you bring (HF folder with safetensors) with BeDKD")
+    defend.add_argument("--victim", required=True)
+    defend.add_argument("--clean", required=True, help="your clean labelled file (.jsonl/.csv/.tsv)")
+    defend.add_argument("--suspect", required=True, help="the unverified training file")
+    defend.add_argument("--out", required=True)
+    defend.add_argument("--trust-pickle", action="store_true")
+    options.add_arguments(defend.add_argument_group("BeDKD options (defaults: the preset's)"),
+                          _defense_classes(["bedkd"]), skip=DEFENSE_FIXED)
+    defend.set_defaults(handler=_defend)
+
+
+def _defend(args: argparse.Namespace) -> int:
+    from .experiments import defend_own_model
+
+    summary = defend_own_model(victim=args.victim, clean=args.clean, suspect=args.suspect, out=args.out,
+                               options=defense_options(args, "bedkd", offered=["bedkd"]),
+                               trust_pickle=args.trust_pickle)
+    print(f"identified {summary['n_identified']} suspect samples; purified model: {args.out}/purified_model")
+    return 0
+
+
+# ---------------------------------------------------------------- bedkd compare
+
+def _add_compare(sub) -> None:
+    from .compare import __doc__ as compare_doc
+
+    parser = sub.add_parser("compare", help="run several defenses on one cached victim; write one table",
+                            description=compare_doc.split("\n\n")[0])
+    _add_experiment_arguments(parser, out_help="folder for compare.csv, compare.json, compare.md")
+    parser.add_argument("--defenses", required=True, help=f"comma-separated, from: {', '.join(DEFENSES)}")
+    parser.add_argument("--set", action="append", default=None, metavar="DEFENSE.FIELD=VALUE",
+                        help="override one defense option, e.g. strip.repeat=10 (repeatable)")
+    parser.set_defaults(handler=_compare)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """0, or 1 if a defense failed (its traceback above)."""
+    from .compare import compare, parse_defenses, parse_settings, to_markdown
+
+    names = parse_defenses(args.defenses)
+    table = compare(dataset=args.dataset, attack=attack_config(args), defenses=names, scale=args.scale,
+                    model=args.model, seed=args.seed, out=args.out, options=parse_settings(args.set, names),
+                    with_floor=not args.no_floor)
+    print()
+    print(to_markdown(table))
+    print(f"tables: {args.out}/compare.{{csv,json,md}}")
+    failed = [r["defense"] for r in table["rows"] if str(r["status"]).startswith("failed")]
+    if failed:
+        print(f"bedkd: error: defense(s) failed: {', '.join(failed)} (tracebacks above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- bedkd headline, bedkd download
+
+def _add_headline(sub) -> None:
+    headline = sub.add_parser("headline", help="the headline over finished full-scale cells, from results/")
+    headline.add_argument("--readme", default=None, help="also rewrite the headline block of this README.md")
+    headline.set_defaults(handler=_headline)
+
+
+def _headline(args: argparse.Namespace) -> int:
+    from . import book
+
+    print(book.headline_markdown())
+    if args.readme:
+        changed = book.write_readme_headline(Path(args.readme))
+        print(f"{args.readme}: headline {'updated' if changed else 'already up to date'}")
+    return 0
+
+
+def _add_download(sub) -> None:
+    download = sub.add_parser("download", help="fetch the datasets from their public sources and verify sha256")
+    download.add_argument("--to", default=None)
+    download.add_argument("--dataset", action="append", default=None)
+    download.add_argument("--force", action="store_true")
+    download.set_defaults(handler=_download)
+
+
+def _download(args: argparse.Namespace) -> int:
+    from .download import main as download_main
+
+    return download_main((["--to", args.to] if args.to else [])
+                         + sum((["--dataset", d] for d in args.dataset or []), [])
+                         + (["--force"] if args.force else []))
+
+
+COMMANDS = (_add_run, _add_defend, _add_compare, sweep.add_command, grading.add_command, student.add_command,
+            _add_headline, _add_download)
+"""Every subcommand's `add_command`, in the order `bedkd --help` lists them."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bedkd",
+                                     description="Backdoor attacks on text classifiers and the BeDKD defense.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_command in COMMANDS:
+        add_command(sub)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "sweep":
-        return sweep.main(args)  # handles its own errors and exit codes
-    if args.command == "compare":
-        return compare.main_args(args)
     try:
-        if args.command == "run":
-            from .experiments import run_experiment
-
-            config = AttackConfig(name=args.attack, poison_rate=args.poison_rate, target_label=args.target_label,
-                                  label_mode=args.label_mode, triggers=args.triggers, num_insertions=args.num_insertions,
-                                  trigger_sentence=args.trigger_sentence, sos_triggers=args.sos_triggers,
-                                  negative_rate=args.negative_rate, poison_dir=args.poison_dir)
-            options = _bedkd_options(args)
-            if args.defense in BASELINES:
-                baseline = _baseline_options(args, args.defense)
-                stray = sorted(set(options) - set(baseline))
-                if stray:
-                    raise DataError(f"BeDKD options ({', '.join(stray)}) were given but --defense is {args.defense}")
-                options = baseline
-            elif options and args.defense != "bedkd":
-                raise DataError(f"BeDKD options ({', '.join(options)}) were given but --defense is {args.defense}")
-            report = run_experiment(dataset=args.dataset, attack=config, defense=args.defense, defense_options=options,
-                                    scale=args.scale, model=args.model, seed=args.seed, out=args.out,
-                                    with_floor=not args.no_floor, trust_pickle=args.trust_pickle)
-            _print_report(report)
-            print(f"report: {args.out}/report.json")
-        elif args.command == "defend":
-            from .experiments import defend_own_model
-
-            summary = defend_own_model(victim=args.victim, clean=args.clean, suspect=args.suspect, out=args.out,
-                                       options=_bedkd_options(args), trust_pickle=args.trust_pickle)
-            print(f"identified {summary['n_identified']} suspect samples; purified model: {args.out}/purified_model")
-        elif args.command == "grade":
-            return grading.run(args)
-        elif args.command == "student-copies":
-            return student.run(args)
-        elif args.command == "headline":
-            from . import book
-
-            print(book.headline_markdown())
-            if args.readme:
-                from pathlib import Path
-
-                changed = book.write_readme_headline(Path(args.readme))
-                print(f"{args.readme}: headline {'updated' if changed else 'already up to date'}")
-        elif args.command == "download":
-            from .download import main as download_main
-
-            return download_main(
-                (["--to", args.to] if args.to else []) + sum((["--dataset", d] for d in args.dataset or []), [])
-                + (["--force"] if args.force else [])
-            )
+        return args.handler(args)
     except DataError as err:
         print(f"bedkd: error: {err}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,29 +11,25 @@ training set without poison flags. Columns:
   evaluation. A defense that cannot run here (ONION without a causal LM) is a row with status "not run: …".
 
 Usage: `bedkd compare --dataset sst2 --attack badnets --defenses bedkd,finetune,strip --scale quick --out DIR`,
-or `python -m bedkd_core.compare ...`, or `compare(...)` from Python.
+or `compare(...)` from Python. Each defense runs through the one harness, `experiments.run_defense`.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
-import sys
 import time
 import traceback
 from pathlib import Path
 
-import torch
-
-from .attacks import ATTACKS, AttackConfig
-from .data import NUM_CLASSES, DataError
-from .defenses import (DEFENSES, KINDS, NotRunnable, check_defense_data, config_fields, make_defense_config,
-                       with_threat_model)
-from .defenses.base import DefenderData, defender_view
-from .experiments import clean_floor, get_scale, prepare
+from .attacks import AttackConfig
+from .data import DataError
+from .defenses import DEFENSES, NotRunnable
+from .experiments import (VictimModifiedError, clean_floor, defense_config, evaluate_victim, get_scale, prepare,
+                          run_defense)
+from .options import coerce, label, options_of
 from .store import provenance, write_json_atomic
-from .metrics import detection_scores, evaluate, evaluate_defense
+from .victim import describe_model
 
 COLUMNS = ["defense", "kind", "status", "cacc", "asr", "frr", "far", "cacc_all", "det_precision", "det_recall",
            "n_flagged", "clean_rows", "suspect_rows", "dev_rows", "eval_clean", "eval_triggered", "defense_s", "eval_s"]
@@ -60,25 +56,21 @@ def parse_settings(items: list[str] | None, names: list[str]) -> dict[str, dict]
             raise DataError(f"--set {item!r}: use DEFENSE.FIELD=VALUE, e.g. strip.repeat=10")
         if name not in names:
             raise DataError(f"--set {item!r}: defense {name!r} is not among --defenses ({', '.join(names)})")
-        fields = config_fields(name)
+        fields = options_of(DEFENSES[name].config_cls)
         if field not in fields:
-            raise DataError(f"--set {item!r}: {name} has no option {field!r}; valid are {', '.join(sorted(fields))}")
+            raise DataError(f"--set {item!r}: {name} has no option {field!r}; valid are "
+                            f"{', '.join(sorted(fields)) or 'none'}")
         try:
-            options.setdefault(name, {})[field] = fields[field](value)
-        except ValueError as err:
+            cls = DEFENSES[name].config_cls
+            options.setdefault(name, {})[field] = coerce(cls, field, value, text=True, what=label(cls))
+        except DataError as err:
             raise DataError(f"--set {item!r}: {err}") from None
     return options
 
 
-def _fingerprint(model) -> float:
-    """A cheap checksum of a model's weights, to prove a defense left the victim untouched."""
-    with torch.no_grad():
-        return float(sum(p.double().abs().sum().item() for p in model.parameters()))
-
-
 def _row(name: str, status: str = "done", **values) -> dict:
     row = {c: None for c in COLUMNS}
-    row.update(defense=name, kind=KINDS.get(name, name), status=status, **values)
+    row.update(defense=name, kind=DEFENSES[name].kind, status=status, **values)
     return row
 
 
@@ -92,21 +84,13 @@ def compare(*, dataset: str, attack: AttackConfig, defenses: str | list[str], sc
     scale_name = get_scale(scale).name
     options = options or {}
     target = attack.resolved(dataset).target_label
-    configs = {n: make_defense_config(n, scale=scale_name,
-                                      **with_threat_model(n, dict(options.get(n, {})), target_label=target))
-               for n in names}
+    configs = {n: defense_config(n, scale=scale_name, target_label=target, options=options.get(n)) for n in names}
     prepared = prepare(dataset=dataset, attack=attack, scale=scale_name, model=model, seed=seed)
-    defender = DefenderData(clean=prepared.clean_pool.select_columns(["text", "label"]),
-                            suspect=defender_view(prepared.poisoned.data), num_classes=prepared.splits.num_classes)
+    defender = prepared.defender_data()
     for n in names:
-        check_defense_data(n, configs[n], defender)  # fail before any defense runs, naming the defense
-    target = prepared.attack.target_label
-    victim = prepared.victim
-    victim_sum = _fingerprint(victim.model)
-    tests = dict(clean_test=prepared.clean_test, triggered_test=prepared.triggered_test, target_label=target)
-
+        DEFENSES[n].check_data(defender, configs[n])  # fail before any defense runs, naming the defense
     t0 = time.perf_counter()
-    victim_metrics = evaluate(victim.model, victim.tokenizer, **tests)
+    victim_metrics = evaluate_victim(prepared)
     rows = [_row("none", cacc=victim_metrics["cacc"], asr=victim_metrics["asr"], eval_s=time.perf_counter() - t0,
                  eval_clean=len(prepared.clean_test), eval_triggered=len(prepared.triggered_test),
                  clean_rows=0, suspect_rows=0, dev_rows=0, defense_s=0.0)]
@@ -119,8 +103,8 @@ def compare(*, dataset: str, attack: AttackConfig, defenses: str | list[str], sc
     details = {}
     table = {
         "dataset": dataset, "attack": prepared.attack.asdict(), "scale": scale_name, "seed": seed,
-        "model": prepared.victim_config.model, "victim_config": prepared.victim_config.asdict(),
-        "victim_from_cache": victim.from_cache, "clean_floor": floor,
+        "model": describe_model(prepared.victim_config.model), "victim_config": prepared.victim_config.asdict(),
+        "victim_from_cache": prepared.victim.from_cache, "clean_floor": floor,
         "sizes": {"victim_train": len(prepared.poisoned.data), "poisoned_rows": prepared.poisoned.poison_count,
                   "clean_pool": len(defender.clean), "clean_test": len(prepared.clean_test),
                   "triggered_test": len(prepared.triggered_test)},
@@ -131,44 +115,30 @@ def compare(*, dataset: str, attack: AttackConfig, defenses: str | list[str], sc
         if n == "none":
             continue
         log(f"[compare] {n} ...")
-        t0 = time.perf_counter()
         try:
-            result = DEFENSES[n](victim=victim, data=defender, config=configs[n])
-            defense_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            metrics = evaluate_defense(result, **tests)
-            eval_s = time.perf_counter() - t0
+            run = run_defense(prepared=prepared, name=n, config=configs[n])
         except NotRunnable as err:
             rows.append(_row(n, status=f"not run: {err}"))
             log(f"[compare] {n}: not run ({err})")
             continue
+        except VictimModifiedError:
+            raise
         except Exception as err:  # one broken defense must not cost the others' (long) runs
-            traceback.print_exc()
-            rows.append(_row(n, status=f"failed: {type(err).__name__}: {err}"))
-            log(f"[compare] {n}: FAILED ({type(err).__name__}: {err})")
+            rows.append(_failed(n, err, log))
             continue
-        if _fingerprint(victim.model) != victim_sum:
-            raise RuntimeError(f"defense {n!r} modified the victim in place")
-        summary = result.details.get("summary", {})
-        used = summary.get("defender_rows", {})
-        if n == "bedkd":  # BeDKD's own summary predates `defender_rows`: its budget is its config's
-            c = configs[n]
-            used = {"clean": (c.dmm_per_class + c.clean_per_class) * defender.num_classes, "suspect": len(defender.suspect),
-                    "dev": 0}
-        det = detection_scores(result.flagged, prepared.poisoned.is_poisoned) if result.flagged is not None else {}
-        row = _row(n, cacc=metrics["cacc"], asr=metrics["asr"], frr=metrics.get("frr"), far=metrics.get("far"),
-                   cacc_all=metrics.get("cacc_all"),
-                   det_precision=det.get("precision"), det_recall=det.get("recall"), n_flagged=det.get("n_flagged"),
-                   clean_rows=used.get("clean"), suspect_rows=used.get("suspect"), dev_rows=used.get("dev"),
-                   eval_clean=metrics.get("n_clean", len(prepared.clean_test)),
-                   eval_triggered=metrics.get("n_triggered", len(prepared.triggered_test)),
-                   defense_s=defense_s, eval_s=eval_s)
-        rows.append(row)
-        details[n] = {"summary": _jsonable(summary), "metrics": metrics}
+        used, det, metrics = run.summary.get("defender_rows", {}), run.detection or {}, run.metrics
+        rows.append(_row(n, cacc=metrics["cacc"], asr=metrics["asr"], frr=metrics.get("frr"), far=metrics.get("far"),
+                         cacc_all=metrics.get("cacc_all"), det_precision=det.get("precision"),
+                         det_recall=det.get("recall"), n_flagged=det.get("n_flagged"), clean_rows=used.get("clean"),
+                         suspect_rows=used.get("suspect"), dev_rows=used.get("dev"),
+                         eval_clean=metrics.get("n_clean", len(prepared.clean_test)),
+                         eval_triggered=metrics.get("n_triggered", len(prepared.triggered_test)),
+                         defense_s=run.seconds, eval_s=run.eval_seconds))
+        details[n] = {"summary": _jsonable(run.summary), "metrics": metrics}
         extra = "".join(f" {k.upper()} {metrics[k]:.3f}" for k in ("frr", "far") if k in metrics)
         log(f"[compare] {n}: CACC {metrics['cacc']:.3f} ASR {metrics['asr']:.3f}{extra} "
-            f"({defense_s:.0f} s + {eval_s:.0f} s eval)")
-        del result
+            f"({run.seconds:.0f} s + {run.eval_seconds:.0f} s eval)")
+        del run
         if out:  # a partial table after every defense: a long run killed half-way keeps what it measured
             table["seconds_total"] = round(time.perf_counter() - started, 1)
             write_tables(table, Path(out))
@@ -176,6 +146,12 @@ def compare(*, dataset: str, attack: AttackConfig, defenses: str | list[str], sc
     if out:
         write_tables(table, Path(out))
     return table
+
+
+def _failed(name: str, err: Exception, log) -> dict:
+    traceback.print_exc()
+    log(f"[compare] {name}: FAILED ({type(err).__name__}: {err})")
+    return _row(name, status=f"failed: {type(err).__name__}: {err}")
 
 
 def _jsonable(value):
@@ -236,61 +212,3 @@ def write_tables(table: dict, out: Path) -> None:
     write_json_atomic(out / "compare.json", table)
     (out / "compare.csv").write_text(to_csv(table))
     (out / "compare.md").write_text(to_markdown(table))
-
-
-# ---------------------------------------------------------------- command line
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the `compare` sub-command to an argparse subparsers object; dispatch with `main_args(args)`."""
-    p = subparsers.add_parser("compare", help="run several defenses on one cached victim; write one table",
-                              description=__doc__.split("\n\n")[0])
-    _fill(p)
-    return p
-
-
-def _fill(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, help=f"{', '.join(NUM_CLASSES)} or a folder with train/dev/test files")
-    p.add_argument("--attack", required=True, help=f"one of {', '.join(ATTACKS)}")
-    p.add_argument("--defenses", required=True, help=f"comma-separated, from: {', '.join(DEFENSES)}")
-    p.add_argument("--scale", choices=["quick", "full"], default=None, help="default: $BEDKD_SCALE or quick")
-    p.add_argument("--model", default=None, help="hub id or local folder (default: $BEDKD_MODEL or minilm)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="folder for compare.csv, compare.json, compare.md")
-    p.add_argument("--no-floor", action="store_true", help="skip the clean-model floor row")
-    p.add_argument("--set", action="append", default=None, metavar="DEFENSE.FIELD=VALUE",
-                   help="override one defense option, e.g. strip.repeat=10 (repeatable)")
-    p.add_argument("--poison-rate", type=float, default=None)
-    p.add_argument("--target-label", type=int, default=None)
-    p.add_argument("--label-mode", choices=["dirty", "clean"], default="dirty")
-
-
-def main_args(args: argparse.Namespace) -> int:
-    """Run a parsed `compare` command: 0, or 2 on a DataError (message on stderr), or 1 if a defense failed."""
-    try:
-        names = parse_defenses(args.defenses)
-        options = parse_settings(args.set, names)
-        attack = AttackConfig(name=args.attack, poison_rate=args.poison_rate, target_label=args.target_label,
-                              label_mode=args.label_mode)
-        table = compare(dataset=args.dataset, attack=attack, defenses=names, scale=args.scale, model=args.model,
-                        seed=args.seed, out=args.out, options=options, with_floor=not args.no_floor)
-    except DataError as err:
-        print(f"bedkd: error: {err}", file=sys.stderr)
-        return 2
-    print()
-    print(to_markdown(table))
-    print(f"tables: {args.out}/compare.{{csv,json,md}}")
-    failed = [r["defense"] for r in table["rows"] if str(r["status"]).startswith("failed")]
-    if failed:
-        print(f"bedkd: error: defense(s) failed: {', '.join(failed)} (tracebacks above)", file=sys.stderr)
-        return 1
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bedkd compare", description=__doc__.split("\n\n")[0])
-    _fill(parser)
-    return main_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

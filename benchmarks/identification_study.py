@@ -110,7 +110,7 @@ def _current(a, k=32, refine="none"):
               "dmm_prob": a["sus_d_prob"]}
     ref = {"score": a["ref_score"], "labels": a["ref_label"], "dmm_prob": a["ref_d_prob"]}
     config = make_config(preset="quick", n_poison=k, refine=refine)
-    return identify_poisoned(scores=scores, labels=a["sus_label"], config=config, reference=ref,
+    return identify_poisoned(scores=scores, labels=a["sus_label"], config=config, n_rows=k, reference=ref,
                              num_classes=a["sus_v_prob"].shape[1])
 
 

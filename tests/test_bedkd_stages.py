@@ -59,7 +59,7 @@ def test_split_clean_is_disjoint_per_class_and_names_short_classes():
 def test_faithful_scan_keeps_the_reference_off_by_one():
     n = 300
     scores = {"score": np.full(n, 0.05), "teacher_pred": np.ones(n, int), "dmm_pred": np.ones(n, int)}
-    kept, info = identify_poisoned(scores=scores, labels=np.ones(n, int), config=make_config(preset="faithful"),
+    kept, info = identify_poisoned(n_rows=32, scores=scores, labels=np.ones(n, int), config=make_config(preset="faithful"),
                                    num_classes=2)
     assert len(kept) == 33 and kept.tolist() == list(range(33))  # file order, first 128 candidates, 33 kept
     assert info["n_candidates"] == 128
@@ -74,11 +74,11 @@ def test_fixed_ranking_infers_the_target_and_ranks_by_score():
     scores = {"score": score, "teacher_pred": labels.copy(), "dmm_pred": labels.copy()}
     reference = {"labels": np.array([0] * 50 + [1] * 50), "score": np.r_[np.full(5, 0.01), np.full(95, 0.3)]}
     config = make_config(n_poison=32, refine="none")
-    kept, info = identify_poisoned(scores=scores, labels=labels, config=config, reference=reference, num_classes=2)
+    kept, info = identify_poisoned(n_rows=32, scores=scores, labels=labels, config=config, reference=reference, num_classes=2)
     assert info["inferred_target"] == 1
     assert set(kept.tolist()) <= set(range(200, 260)) and len(kept) == 32
     assert np.all(np.diff(score[kept]) >= 0)
-    plain, _ = identify_poisoned(scores=scores, labels=labels, reference=reference, num_classes=2,
+    plain, _ = identify_poisoned(n_rows=32, scores=scores, labels=labels, reference=reference, num_classes=2,
                                  config=make_config(n_poison=32, infer_target=False, refine="none"))
     assert set(range(20)) <= set(plain.tolist())  # without the class structure the failed flips win
 
@@ -91,13 +91,13 @@ def test_direction_refine_prefers_rows_the_dmm_still_maps_to_their_label():
     labels = np.ones(100, int)
     scores = {"score": score, "teacher_pred": labels.copy(), "dmm_pred": (p_target > 0.5).astype(int),
               "dmm_prob": np.c_[1 - p_target, p_target]}
-    old, _ = identify_poisoned(scores=scores, labels=labels, num_classes=2,
+    old, _ = identify_poisoned(n_rows=32, scores=scores, labels=labels, num_classes=2,
                                config=make_config(n_poison=32, infer_target=False, refine="none"))
     assert set(range(20)) <= set(old.tolist())
     clean_target = np.linspace(0.1, 0.9, 10)  # the defender's clean target rows: the DMM flips most of them
     reference = {"labels": np.ones(10, int), "score": np.full(10, 0.5),
                  "dmm_prob": np.c_[1 - clean_target, clean_target]}
-    new, info = identify_poisoned(scores=scores, labels=labels, num_classes=2, reference=reference,
+    new, info = identify_poisoned(n_rows=32, scores=scores, labels=labels, num_classes=2, reference=reference,
                                   config=make_config(n_poison=32, infer_target=False))
     # 40 rows beat every clean target row: the 32 picks spread over them, firmest first, down to the 40th
     assert set(new.tolist()) <= set(range(20, 60)) and len(set(new.tolist())) == 32
@@ -150,13 +150,13 @@ def test_loss_term_weights_drop_terms_for_ablations():
 def test_random_identification_ignores_scores():
     n = 500
     scores = {"score": np.zeros(n), "teacher_pred": np.ones(n, int), "dmm_pred": np.ones(n, int)}
-    kept, _ = identify_poisoned(scores=scores, labels=np.ones(n, int), config=make_config(identify="random"),
+    kept, _ = identify_poisoned(n_rows=32, scores=scores, labels=np.ones(n, int), config=make_config(identify="random"),
                                 num_classes=2)
     assert len(kept) == 32 and len(set(kept.tolist())) == 32 and kept.max() > 100
     with pytest.raises(DataError, match="unknown BeDKD identify 'psychic'"):
         make_config(identify="psychic")
     with pytest.raises(DataError, match="oracle rows come from the caller"):
-        identify_poisoned(scores=scores, labels=np.ones(n, int), config=make_config(identify="oracle"), num_classes=2)
+        identify_poisoned(n_rows=32, scores=scores, labels=np.ones(n, int), config=make_config(identify="oracle"), num_classes=2)
 
 
 def test_oracle_identification_punishes_only_the_rows_the_caller_hands_over(monkeypatch):

@@ -10,7 +10,7 @@ from bedkd_core import book, store
 @pytest.fixture
 def results(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "RESULTS_DIR", tmp_path)
-    cell = book.cell_dir(grid="full", dataset="sst2", attack="badnets", defense="bedkd-fixed")
+    cell = store.cell_dir(grid="full", dataset="sst2", attack="badnets", defense="bedkd-fixed")
     cell.mkdir(parents=True)
     (cell / "report.json").write_text(json.dumps({
         "scale": "full", "victim": {"cacc": 0.87, "asr": 1.0}, "clean_floor": {"asr": 0.1},
@@ -46,9 +46,9 @@ def test_victims_frame_takes_default_victims_from_any_grid_and_prefers_a_floor(r
     from bedkd_core.attacks import AttackConfig
 
     def write(grid, defense, attack_config, floor):
-        cell = book.cell_dir(grid=grid, dataset="sst2", attack="badnets", defense=defense)
+        cell = store.cell_dir(grid=grid, dataset="sst2", attack="badnets", defense=defense)
         cell.mkdir(parents=True)
-        report = json.loads((book.cell_dir(grid="full", dataset="sst2", attack="badnets", defense="bedkd-fixed")
+        report = json.loads((store.cell_dir(grid="full", dataset="sst2", attack="badnets", defense="bedkd-fixed")
                              / "report.json").read_text())
         report.update(dataset="sst2", seed=0, attack=attack_config.resolved("sst2").asdict(), clean_floor=floor,
                       victim={"cacc": 0.5, "asr": 0.5} if floor is None else {"cacc": 0.86, "asr": 0.99})
@@ -79,7 +79,7 @@ def test_a_provenance_correction_replaces_the_recorded_commit_without_touching_t
         {"recorded_commit": "abc123def4567890", "device": "cpu (x86_64, 2 cores)", "source_commit": "fedcba9876543210",
          "why": "stale .git on the copied tree"},
         {"recorded_commit": "abc123def4567890", "device": "NVIDIA H200", "source_commit": "0000", "why": "other device"}]}))
-    report = book.load_reports("full")[0]
+    report = store.load_reports("full")[0]
     assert report["provenance"]["git_commit"] == "fedcba9876543210"
     assert report["provenance"]["recorded_commit"] == "abc123def4567890"
     assert "fedcba987654" in book.provenance_note(book.results_frame("full"))
@@ -90,7 +90,7 @@ def test_a_provenance_correction_replaces_the_recorded_commit_without_touching_t
 def test_every_stored_provenance_correction_matches_a_stored_report():
     corrections = store.provenance_corrections()
     grids = [p.name for p in store.RESULTS_DIR.iterdir() if p.is_dir()]
-    corrected = [r["provenance"].get("recorded_commit") for g in grids for r in book.load_reports(g)
+    corrected = [r["provenance"].get("recorded_commit") for g in grids for r in store.load_reports(g)
                  if "provenance" in r]
     assert all(fix["recorded_commit"] in corrected for fix in corrections)
 
@@ -106,7 +106,7 @@ def test_the_floor_test_takes_a_floor_measured_in_another_grid_and_counts_a_miss
     from bedkd_core.attacks import AttackConfig
 
     def write(grid, attack, defense, defended_asr, floor):
-        cell = book.cell_dir(grid=grid, dataset="sst2", attack=attack, defense=defense)
+        cell = store.cell_dir(grid=grid, dataset="sst2", attack=attack, defense=defense)
         cell.mkdir(parents=True)
         (cell / "report.json").write_text(json.dumps({
             "dataset": "sst2", "seed": 0, "scale": "full", "attack": AttackConfig(name=attack).resolved("sst2").asdict(),

@@ -1,12 +1,13 @@
 """The comparison harness: argument checks fail before any work (fast); one real quick run (slow)."""
+import dataclasses
 import json
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from datasets import Dataset
 
-from bedkd_core import compare
+from bedkd_core import cli, compare
+from bedkd_core.defenses.base import DefenderData
 from bedkd_core.attacks import AttackConfig
 from bedkd_core.data import DataError
 
@@ -36,25 +37,24 @@ def test_settings_are_typed_and_checked(monkeypatch):
 
 def test_cli_exits_2_naming_the_problem(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(compare, "prepare", _no_prepare)
-    assert compare.main(["--dataset", "sst2", "--attack", "badnets", "--defenses", "onion,bogus",
-                         "--out", str(tmp_path)]) == 2
+    assert cli.main(["compare", "--dataset", "sst2", "--attack", "badnets", "--defenses", "onion,bogus",
+                     "--out", str(tmp_path)]) == 2
     assert "unknown defense(s) 'bogus'" in capsys.readouterr().err
-    import argparse
-
-    sub = argparse.ArgumentParser(prog="bedkd").add_subparsers(dest="command")
-    parser = compare.add_parser(sub)
-    args = parser.parse_args(["--dataset", "sst2", "--attack", "badnets", "--defenses", "strip", "--out", "x",
-                              "--set", "strip.repeat=2"])
+    assert cli.main(["compare", "--dataset", "sst2", "--attack", "badnets", "--defenses", "strip",
+                     "--set", "strip.repeat=many", "--out", str(tmp_path)]) == 2
+    assert "--set 'strip.repeat=many': STRIP option repeat: 'many' is not int" in capsys.readouterr().err
+    args = cli.build_parser().parse_args(["compare", "--dataset", "sst2", "--attack", "badnets", "--defenses",
+                                          "strip", "--out", "x", "--set", "strip.repeat=2"])
     assert args.set == ["strip.repeat=2"] and args.scale is None
 
 
 def test_a_defense_short_of_data_is_named_before_any_defense_runs(monkeypatch):
     tiny = Dataset.from_dict({"text": [f"t{i}" for i in range(300)], "label": [i % 2 for i in range(300)]})
-    stub = SimpleNamespace(clean_pool=tiny, poisoned=SimpleNamespace(data=tiny, is_poisoned=np.zeros(300, bool)),
-                           splits=SimpleNamespace(num_classes=2))
+    stub = SimpleNamespace(defender_data=lambda: DefenderData(clean=tiny, suspect=tiny, num_classes=2))
     monkeypatch.setattr(compare, "prepare", lambda **kw: stub)
     called = []
-    monkeypatch.setitem(compare.DEFENSES, "finetune", lambda **kw: called.append(1))
+    run = lambda **kw: called.append(1)  # noqa: E731
+    monkeypatch.setitem(compare.DEFENSES, "finetune", dataclasses.replace(compare.DEFENSES["finetune"], run=run))
     with pytest.raises(DataError, match="defense 'strip' needs 128 held-out clean rows per class.*plus 64 per class.*150, 150"):
         compare.compare(dataset="sst2", attack=AttackConfig(name="badnets"), defenses="finetune,strip", scale="quick")
     assert not called
@@ -78,7 +78,7 @@ def test_tables_render_every_column_and_mark_missing_values():
 @pytest.mark.slow
 def test_quick_compare_on_the_cached_victim_writes_one_table(tmp_path):
     out = tmp_path / "cmp"
-    code = compare.main(["--dataset", "sst2", "--attack", "badnets", "--defenses", "finetune,strip,onion",
+    code = cli.main(["compare", "--dataset", "sst2", "--attack", "badnets", "--defenses", "finetune,strip,onion",
                          "--scale", "quick", "--out", str(out), "--no-floor",
                          "--set", "finetune.clean_per_class=16", "--set", "finetune.epochs=1",
                          "--set", "strip.repeat=2", "--set", "onion.lm=/nonexistent/causal-lm"])

@@ -1,4 +1,5 @@
 """End to end on real SST-2 with the real MiniLM weights, at quick scale (victims are cached per session)."""
+import dataclasses
 import json
 
 import pytest
@@ -38,7 +39,7 @@ def test_quick_bedkd_halves_asr_keeps_cacc_and_detects(attack, tmp_path, monkeyp
         seen["clean_columns"] = data.clean.column_names
         return original(victim=victim, data=data, config=config)
 
-    monkeypatch.setitem(defenses.DEFENSES, "bedkd", spy)
+    monkeypatch.setitem(defenses.DEFENSES, "bedkd", dataclasses.replace(original, run=spy))
     report = experiments.run_experiment(dataset="sst2", attack=AttackConfig(name=attack), defense="bedkd",
                                         scale="quick", out=tmp_path, with_floor=False)
     assert seen == {"suspect_columns": ["text", "label"], "clean_columns": ["text", "label"]}  # no oracle flags
@@ -64,7 +65,7 @@ def test_oracle_ablation_gets_rows_from_run_experiment_never_flags(badnets_repor
         seen["suspect_columns"], seen["n_oracle_rows"] = data.suspect.column_names, len(oracle_rows)
         return original(victim=victim, data=data, config=config, oracle_rows=oracle_rows)
 
-    monkeypatch.setitem(defenses.DEFENSES, "bedkd", spy)
+    monkeypatch.setitem(defenses.DEFENSES, "bedkd", dataclasses.replace(original, run=spy))
     report = experiments.run_experiment(dataset="sst2", attack=AttackConfig(name="badnets"), defense="bedkd",
                                         defense_options={"identify": "oracle", "akd_epochs": 1}, scale="quick",
                                         out=tmp_path, with_floor=False)

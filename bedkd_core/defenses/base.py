@@ -8,6 +8,8 @@ from typing import Callable
 import numpy as np
 from datasets import Dataset
 
+from ..options import label, validate
+
 ORACLE_COLUMNS = ("is_poisoned", "poisoned")
 
 
@@ -55,7 +57,14 @@ class DefenseResult:
 
 @dataclass(frozen=True)
 class DefenseConfig:
-    """Base of every defense's typed config."""
+    """Base of every defense's typed config: its fields are checked against their types and choices."""
+
+    def __post_init__(self):
+        validate(self, what=label(type(self)))
+
+    def hooks(self) -> frozenset[str]:
+        """What this config asks the harness to hand the defense besides its data (none by default)."""
+        return frozenset()
 
     def asdict(self) -> dict:
         return dataclasses.asdict(self)

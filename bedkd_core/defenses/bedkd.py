@@ -7,7 +7,6 @@ Each stage is a public function a chapter can call on its own:
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
 import warnings
@@ -21,96 +20,16 @@ from datasets import Dataset
 
 from ..data import DataError
 from ..progress import progress
-from ..victim import (BATCHINGS, cache_dir, cache_key, device, epoch_batches, fingerprint, load_classifier,
+from ..victim import (cache_dir, cache_key, device, epoch_batches, fingerprint, load_classifier,
                       predict_proba, save_arrays_atomic, save_model, seed_everything, token_lengths, tokenize,
                       weights_digest)
-from .base import DefenderData, DefenseConfig, DefenseResult
+from .base import DefenderData, DefenseResult
+from .bedkd_config import PRESETS, BeDKDConfig, configure, make_config
 
-
-@dataclass(frozen=True)
-class BeDKDConfig(DefenseConfig):
-    """Every BeDKD hyperparameter. `faithful` is the reference code's behaviour; `fixed` (default) mends it."""
-
-    preset: str = "fixed"
-    dmm_per_class: int = 80
-    clean_per_class: int = 320
-    dmm_epochs: int = 20
-    akd_epochs: int = 50
-    temperature_dmm: float = 1.5
-    temperature_akd: float = 2.5
-    alpha: float = 0.3
-    kl_weight: float = 1.0
-    """Weight of the KL term inside the distillation part (1 in the reference; 0 drops it, an ablation)."""
-    hidden_weight: float = 1.0
-    """Weight of the hidden-state MSE term (1 in the reference; 0 drops it, an ablation)."""
-    tau: float = 0.1
-    n_poison: int = 32
-    max_candidates: int | None = None
-    """Faithful: stop scanning the suspect set in file order after this many candidates (128)."""
-    identify: str = "agreement"
-    """`agreement` (the DMM, BeDKD's own), `random` (n_poison random suspect rows: BeDKD without its DMM) or
-    `oracle` (an ablation: n_poison truly poisoned rows, which the caller must hand over as `oracle_rows`)."""
-    scan: str = "rank"
-    """`file_order` (reference: first candidates under tau, keep n_poison + 1) or `rank` (whole set, ranked)."""
-    infer_target: bool = True
-    """Keep only candidates whose label is the class most over-represented under tau, relative to clean data."""
-    refine: str = "direction"
-    """Order of the rank scan's candidates: `none` (lowest score first, as the reference) or `direction` (highest
-    DMM log-odds for the given label first: the backdoor mapping survives in the DMM, a flipped clean one does not;
-    rows the victim itself is unsure of score low without being poison). With `direction`, when more candidates
-    than needed beat every clean reference row of their class, the picks are spread evenly over those ranks, so
-    that they cover every trigger rather than the strongest one."""
-    mask_padding: bool = True
-    """Average the hidden-state MSE over real tokens only (the reference averages over padding too)."""
-    punish_bound: float | None = 3.0
-    """Stop pushing a punish batch once its loss exceeds this bound (the reference's negated loss is unbounded)."""
-    holdout: int = 16
-    """Identified rows kept out of AKD to watch the backdoor (every k-th of the n_poison + holdout identified):
-    the student is taken from the epoch where the fewest of them keep their (target) label, among epochs whose
-    accuracy on the DMM's clean rows (true labels; AKD never trains on them) is within `dev_tolerance` of the
-    teacher's. 0 keeps the last epoch, as the reference does."""
-    dev_tolerance: float = 0.02
-    cache_teacher: bool = True
-    """Compute the frozen teacher's outputs once per fixed batch (the reference recomputes them every step)."""
-    learning_rate: float = 3e-5
-    batch_size: int = 16
-    max_length: int = 128
-    batching: str = "shuffle"
-    """How the fixed DMM and AKD batches are cut: `shuffle` (the reference: one shuffle, cut in order) or
-    `by_length` (rows of similar length together, the batches then shuffled: `VictimConfig.batching`)."""
-    seed: int = 42
-    curve_every: int = 0
-    """Record CACC/ASR on the curve set every N AKD epochs (0 = never)."""
-
-
-PRESETS = {
-    "fixed": {},
-    "faithful": dict(scan="file_order", max_candidates=128, infer_target=False, refine="none", mask_padding=False,
-                     punish_bound=None, holdout=0),
-    "quick": dict(dmm_per_class=64, clean_per_class=64, dmm_epochs=10, akd_epochs=12, batching="by_length"),
-}
-"""Named presets; `quick` shrinks the fixed preset to run in minutes on 2 CPU cores.
-
-quick also cuts its batches by length (half the padding, about a third less time on a CPU). It trades clean rows for
-epochs: 12 epochs of 8 trust + 2 punish batches, not 6 of 16 + 2. The punished
-rows need about that many ascent steps before they lose the target label (SST-2 AddSent, CPU, seed 0, on the
-earlier quick victim of two shuffled epochs: the watched rows still kept it at epoch 5 of 6, ASR 0.87; with 12
-epochs ASR 0.014, CACC unchanged)."""
-
-
-def make_config(*, preset: str = "fixed", **overrides) -> BeDKDConfig:
-    if preset not in PRESETS:
-        raise DataError(f"unknown BeDKD preset {preset!r}: use one of {', '.join(PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(BeDKDConfig)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise DataError(f"unknown BeDKD option(s) {', '.join(sorted(unknown))}: valid are {', '.join(sorted(fields))}")
-    config = BeDKDConfig(**{**PRESETS[preset], "preset": preset, **overrides})
-    for field, valid in (("identify", ("agreement", "random", "oracle")), ("scan", ("file_order", "rank")),
-                         ("refine", ("none", "direction")), ("batching", BATCHINGS)):
-        if getattr(config, field) not in valid:
-            raise DataError(f"unknown BeDKD {field} {getattr(config, field)!r}: use one of {', '.join(valid)}")
-    return config
+__all__ = ["BeDKDConfig", "PRESETS", "make_config", "configure", "check", "distillation_loss", "flip_labels",
+           "split_clean", "dmm_cache_path", "train_dmm", "agreement_scores", "log_odds", "infer_target",
+           "identify_poisoned", "akd", "bedkd"]
+"""The stages a chapter can call on its own, and the config they share (defined in `bedkd_config`)."""
 
 
 # ---------------------------------------------------------------- the loss (chapter 4)
@@ -218,6 +137,15 @@ def split_clean(clean: Dataset, *, num_classes: int, dmm_per_class: int, clean_p
     return clean.select(sorted(dmm_rows)), clean.select(sorted(akd_rows))
 
 
+def check(data: DefenderData, config: BeDKDConfig) -> None:
+    """Fail before any work when the defender's clean set cannot give the DMM and AKD their rows."""
+    try:
+        split_clean(data.clean, num_classes=data.num_classes, dmm_per_class=config.dmm_per_class,
+                    clean_per_class=config.clean_per_class, seed=config.seed)
+    except DataError as err:
+        raise DataError(f"defense 'bedkd': {err}") from None
+
+
 DMM_SETTINGS = ("dmm_epochs", "temperature_dmm", "alpha", "kl_weight", "hidden_weight", "mask_padding",
                 "learning_rate", "batch_size", "max_length", "batching", "seed")
 """The config fields that shape a DMM; with the teacher's weights and the data they key the DMM cache."""
@@ -320,12 +248,14 @@ def infer_target(*, suspect_labels, suspect_scores, reference_labels, reference_
     return (best if excess[best] > 0 else None), {str(c): round(v, 1) for c, v in excess.items()}
 
 
-def identify_poisoned(*, scores: dict, labels, config: BeDKDConfig, reference: dict | None = None,
+def identify_poisoned(*, scores: dict, labels, config: BeDKDConfig, n_rows: int, reference: dict | None = None,
                       num_classes: int) -> tuple[np.ndarray, dict]:
-    """Pick the suspect rows to punish from their agreement scores and given labels (never oracle flags)."""
+    """Pick up to `n_rows` suspect rows from their agreement scores and given labels (never oracle flags).
+
+    `bedkd` asks for n_poison + holdout rows: the punished ones and the held-out ones it watches."""
     labels = np.asarray(labels)
     if config.identify == "random":  # the ablation without the DMM: as many rows, drawn blindly
-        rows = np.random.default_rng(config.seed).permutation(len(labels))[: config.n_poison]
+        rows = np.random.default_rng(config.seed).permutation(len(labels))[:n_rows]
         return np.sort(rows).astype(int), {"n_candidates": int(len(labels))}
     if config.identify != "agreement":
         raise DataError(f"identify_poisoned cannot do {config.identify!r} identification: use agreement or random "
@@ -337,7 +267,7 @@ def identify_poisoned(*, scores: dict, labels, config: BeDKDConfig, reference: d
         candidates = np.flatnonzero(score < config.tau)
         if config.max_candidates is not None:
             candidates = candidates[: config.max_candidates]
-        kept = [int(i) for i in candidates if consistent[i]][: config.n_poison + 1]  # the reference keeps 33
+        kept = [int(i) for i in candidates if consistent[i]][: n_rows + 1]  # the reference keeps 33
         info["n_candidates"] = int(len(candidates))
         return np.asarray(kept, dtype=int), info
     eligible = (score < config.tau) & consistent
@@ -359,15 +289,15 @@ def identify_poisoned(*, scores: dict, labels, config: BeDKDConfig, reference: d
             ceiling = np.array([ref_odds[ref_labels == c].max(initial=-np.inf) for c in range(num_classes)])
             confident = int((margin > ceiling[labels[ranked]]).sum())
             info["n_above_clean_reference"] = confident
-            if confident > config.n_poison:  # spread the picks over them: the top ranks favour the strongest trigger
-                picks = np.unique(np.round(np.linspace(0, confident - 1, config.n_poison)).astype(int))
+            if confident > n_rows:  # spread the picks over them: the top ranks favour the strongest trigger
+                picks = np.unique(np.round(np.linspace(0, confident - 1, n_rows)).astype(int))
                 ranked, margin = ranked[picks], margin[picks]
-        kept = margin[: config.n_poison]
+        kept = margin[:n_rows]
         info["dmm_log_odds_kept"] = [round(float(kept[0]), 2), round(float(kept[-1]), 2)] if len(kept) else []
     else:
         ranked = ranked[np.argsort(score[ranked], kind="stable")]
     info.update(refine=config.refine, n_candidates=int(len(ranked)))
-    return ranked[: config.n_poison].astype(int), info
+    return ranked[:n_rows].astype(int), info
 
 
 # ---------------------------------------------------------------- stage 3: AKD (chapter 5)
@@ -455,7 +385,7 @@ def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None, ora
         ranked, info = order[: config.n_poison + config.holdout], {"n_candidates": int(len(order))}
     else:
         ranked, info = identify_poisoned(scores=scores, labels=data.suspect["label"], reference=reference,
-                                         config=dataclasses.replace(config, n_poison=config.n_poison + config.holdout),
+                                         config=config, n_rows=config.n_poison + config.holdout,
                                          num_classes=data.num_classes)
     watch = np.zeros(len(ranked), dtype=bool)  # every k-th identified row is watched, so both sets span the ranks
     n_watch = min(config.holdout, max(0, len(ranked) - config.n_poison))
@@ -478,7 +408,9 @@ def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None, ora
     student, history = akd(teacher, tokenizer, clean=akd_clean, poisoned=identified, config=config, on_epoch=on_epoch,
                            watch=data.suspect.select(watched.tolist()), dev=dmm_clean)
     kept = next((row for row in history if row.get("selected")), history[-1])
+    used = {"clean": len(dmm_clean) + len(akd_clean), "suspect": len(data.suspect), "dev": 0}
     details = {"summary": {**info_dmm, **info, "n_identified": int(len(flagged)), "n_watched": int(len(watched)),
+                           "defender_rows": used,
                            "selected_epoch": kept["epoch"], "final_trust_loss": history[-1]["trust_loss"],
                            "final_punish_loss": history[-1]["punish_loss"]},
                "history": history, "watched_rows": watched.tolist()}

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data import DataError
+from ..options import option
 from ..victim import VictimConfig, load_classifier, seed_everything, train_classifier
 from ._common import cls_embeddings, rows_summary
 from .base import DefenderData, DefenseConfig, DefenseResult
@@ -30,21 +31,20 @@ from .base import DefenderData, DefenseConfig, DefenseResult
 
 @dataclass(frozen=True)
 class CUBEConfig(DefenseConfig):
-    components: int = 10
-    """PCA dimensions before clustering (CUBE's UMAP uses 10)."""
-    min_cluster_size: int = 0
-    """HDBSCAN's min_cluster_size; 0 = 2% of the suspect rows (at least 10)."""
-    min_samples: int = 0
-    """HDBSCAN's min_samples; 0 = min(100, 5% of the suspect rows) (CUBE's reference uses 100)."""
-    drop_share: float = 0.5
-    """Drop a non-largest cluster of a label only if it holds fewer than this share of the label's rows."""
-    retrain: bool = True
-    retrain_epochs: int | None = None
-    """None = the victim's own epochs."""
-    backbone: str | None = None
-    """None = the victim's backbone (its `VictimConfig.model`)."""
-    max_length: int = 128
-    seed: int = 0
+    components: int = option(10, "PCA dimensions before clustering (CUBE's UMAP uses 10).")
+    min_cluster_size: int = option(0, "HDBSCAN's min_cluster_size; 0 = 2% of the suspect rows (at least 10).")
+    min_samples: int = option(
+        0,
+        "HDBSCAN's min_samples; 0 = min(100, 5% of the suspect rows) (CUBE's reference uses 100).")
+    drop_share: float = option(
+        0.5,
+        "Drop a non-largest cluster of a label only if it holds fewer than this share of the label's "
+        "rows.")
+    retrain: bool = option(True, "retrain a fresh model on the kept rows (true/false)")
+    retrain_epochs: int | None = option(None, "None = the victim's own epochs.")
+    backbone: str | None = option(None, "None = the victim's backbone (its `VictimConfig.model`).")
+    max_length: int = option(128, "max tokens per input")
+    seed: int = option(0, "random seed of the defense's own sampling and training")
 
 
 PRESETS = {"full": {}, "quick": {}}

@@ -20,6 +20,7 @@ import torch
 from torch.nn.utils import prune
 
 from ..data import DataError
+from ..options import option
 from ..victim import predict_proba, seed_everything, tokenize
 from ._common import copy_model, fine_tune, per_class_rows, require_clean, rows_summary
 from .base import DefenderData, DefenseConfig, DefenseResult
@@ -29,18 +30,21 @@ from .base import DefenderData, DefenseConfig, DefenseResult
 class FinePruningConfig(DefenseConfig):
     """Which layers to prune, how far, and the fine-tuning that follows (same clean budget as `finetune`)."""
 
-    clean_per_class: int = 400
-    layers: int = 1
-    """Prune the FFN units of the last `layers` encoder layers."""
-    prune_step: float = 0.05
-    max_prune_ratio: float = 0.9
-    max_acc_drop: float = 0.05
-    """Stop pruning before clean accuracy (on the defender's clean rows) falls more than this below the start."""
-    epochs: int = 10
-    learning_rate: float = 3e-5
-    batch_size: int = 16
-    max_length: int = 128
-    seed: int = 42
+    clean_per_class: int = option(400, "clean rows per class the defense trains on (finetune, fine_pruning, nad)")
+    layers: int = option(1, "Prune the FFN units of the last `layers` encoder layers.")
+    prune_step: float = option(0.05, "share of units added per pruning step")
+    max_prune_ratio: float = option(0.9, "most units pruned, as a share of a layer's units")
+    max_acc_drop: float = option(
+        0.05,
+        "Stop pruning before clean accuracy (on the defender's clean rows) falls more than this below the"
+        " start.")
+    epochs: int = option(
+        10,
+        "training epochs (finetune, fine_pruning: fine-tuning; nad: distillation; rap: RAP-word training)")
+    learning_rate: float = option(3e-5, "learning rate (Adam/AdamW; rap: the RAP word's gradient step)")
+    batch_size: int = option(16, "batch size")
+    max_length: int = option(128, "max tokens per input")
+    seed: int = option(42, "random seed of the defense's own sampling and training")
 
 
 PRESETS = {"full": {}, "quick": dict(clean_per_class=128, epochs=6, prune_step=0.1)}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..victim import seed_everything
 from ._common import copy_model, fine_tune, per_class_rows, require_clean, rows_summary
+from ..options import option
 from .base import DefenderData, DefenseConfig, DefenseResult
 
 
@@ -17,12 +18,14 @@ class FineTuneConfig(DefenseConfig):
     """Fine-tuning on `clean_per_class` clean rows per class: BeDKD's whole clean budget at full scale (80 for the
     DMM + 320 for AKD); fine-pruning and NAD get the same."""
 
-    clean_per_class: int = 400
-    epochs: int = 10
-    learning_rate: float = 3e-5
-    batch_size: int = 16
-    max_length: int = 128
-    seed: int = 42
+    clean_per_class: int = option(400, "clean rows per class the defense trains on (finetune, fine_pruning, nad)")
+    epochs: int = option(
+        10,
+        "training epochs (finetune, fine_pruning: fine-tuning; nad: distillation; rap: RAP-word training)")
+    learning_rate: float = option(3e-5, "learning rate (Adam/AdamW; rap: the RAP word's gradient step)")
+    batch_size: int = option(16, "batch size")
+    max_length: int = option(128, "max tokens per input")
+    seed: int = option(42, "random seed of the defense's own sampling and training")
 
 
 PRESETS = {"full": {}, "quick": dict(clean_per_class=128, epochs=6)}

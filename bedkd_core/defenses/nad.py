@@ -20,23 +20,26 @@ import torch.nn.functional as F
 
 from ..victim import device, seed_everything, tokenize
 from ._common import copy_model, fine_tune, per_class_rows, require_clean, rows_summary
+from ..options import option
 from .base import DefenderData, DefenseConfig, DefenseResult
 
 
 @dataclass(frozen=True)
 class NADConfig(DefenseConfig):
-    clean_per_class: int = 400
-    teacher_epochs: int = 10
-    epochs: int = 10
-    beta: float = 1000.0
-    """Weight of each layer's attention-transfer loss (NAD's CIFAR settings use 500–5000 per group)."""
-    power: float = 2.0
-    layers: int = 0
-    """Align the last `layers` encoder layers' outputs; 0 = every layer."""
-    learning_rate: float = 3e-5
-    batch_size: int = 16
-    max_length: int = 128
-    seed: int = 42
+    clean_per_class: int = option(400, "clean rows per class the defense trains on (finetune, fine_pruning, nad)")
+    teacher_epochs: int = option(10, "epochs of the teacher's clean fine-tuning")
+    epochs: int = option(
+        10,
+        "training epochs (finetune, fine_pruning: fine-tuning; nad: distillation; rap: RAP-word training)")
+    beta: float = option(
+        1000.0,
+        "Weight of each layer's attention-transfer loss (NAD's CIFAR settings use 500–5000 per group).")
+    power: float = option(2.0, "exponent p of the attention map mean |h|^p")
+    layers: int = option(0, "Align the last `layers` encoder layers' outputs; 0 = every layer.")
+    learning_rate: float = option(3e-5, "learning rate (Adam/AdamW; rap: the RAP word's gradient step)")
+    batch_size: int = option(16, "batch size")
+    max_length: int = option(128, "max tokens per input")
+    seed: int = option(42, "random seed of the defense's own sampling and training")
 
 
 PRESETS = {"full": {}, "quick": dict(clean_per_class=128, teacher_epochs=6, epochs=6)}

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..data import DataError
+from ..options import option
 from ..victim import device
 from ._common import NotRunnable, per_class_rows, require_clean, rows_summary
 from .base import DefenderData, DefenseConfig, DefenseResult
@@ -39,17 +40,19 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 @dataclass(frozen=True)
 class ONIONConfig(DefenseConfig):
-    lm: str = "auto"
-    """"auto" (gpt2, else the packaged SmolLM2), "gpt2", "smollm2", or a hub id / local folder of a causal LM."""
-    threshold: float | None = None
-    """Fixed suspicion threshold t; None = calibrate it on clean rows."""
-    word_quantile: float = 0.9
-    calibrate_per_class: int = 50
-    eval_rows: int | None = None
-    """Evaluate only the first N rows of each test set (ONION is slow); None = all."""
-    batch_size: int = 32
-    max_tokens: int = 128
-    seed: int = 42
+    lm: str = option(
+        "auto",
+        '"auto" (gpt2, else the packaged SmolLM2), "gpt2", "smollm2", or a hub id / local folder of a '
+        "causal LM.")
+    threshold: float | None = option(None, "Fixed suspicion threshold t; None = calibrate it on clean rows.")
+    word_quantile: float = option(0.9, "quantile of clean words' suspicion scores used as the threshold")
+    calibrate_per_class: int = option(50, "clean rows per class for calibrating the threshold")
+    eval_rows: int | None = option(
+        None,
+        "Evaluate only the first N rows of each test set (ONION is slow); None = all.")
+    batch_size: int = option(32, "batch size")
+    max_tokens: int = option(128, "max LM tokens per text")
+    seed: int = option(42, "random seed of the defense's own sampling and training")
 
 
 PRESETS = {"full": {}, "quick": dict(calibrate_per_class=10, eval_rows=40)}

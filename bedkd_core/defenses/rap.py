@@ -31,11 +31,13 @@ the RAP copy is used only inside `reject`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
 from ..data import DataError
+from ..options import option
 from ..victim import predict_proba, seed_everything, tokenize
 from ._common import copy_model, held_out_split, per_class_rows, rows_summary
 from .base import DefenderData, DefenseConfig, DefenseResult
@@ -43,22 +45,29 @@ from .base import DefenderData, DefenseConfig, DefenseResult
 
 @dataclass(frozen=True)
 class RAPConfig(DefenseConfig):
-    rap_trigger: str = "mb"
-    prob_range: tuple[float, float] = (0.1, 0.3)
-    """Wanted drop of the protected label's probability on clean inputs (OpenBackdoor: [-0.1, -0.3])."""
-    epochs: int = 10
-    learning_rate: float = 1e-2
-    optimizer: str = "adam"
-    """"adam" (Adam steps on the RAP word's row) or "sgd" (the reference: row -= lr · gradient)."""
-    train_per_class: int = 80
-    """Clean rows per class set aside for training; those of the protected label are used."""
-    threshold_per_class: int = 320
-    frr: float = 0.01
-    protected_label: int | None = None
-    """The label to protect; None = infer it from the suspect set's label distribution (see the module doc)."""
-    batch_size: int = 16
-    max_length: int = 128
-    seed: int = 42
+    rap_trigger: str = option("mb", "the RAP word (one vocabulary token)")
+    prob_range: tuple[float, float] = option(
+        (0.1, 0.3),
+        "Wanted drop of the protected label's probability on clean inputs (OpenBackdoor: [-0.1, -0.3]).")
+    epochs: int = option(
+        10,
+        "training epochs (finetune, fine_pruning: fine-tuning; nad: distillation; rap: RAP-word training)")
+    learning_rate: float = option(1e-2, "learning rate (Adam/AdamW; rap: the RAP word's gradient step)")
+    optimizer: Literal["adam", "sgd"] = option(
+        "adam",
+        '"adam" (Adam steps on the RAP word\'s row) or "sgd" (the reference: row -= lr · gradient).')
+    train_per_class: int = option(
+        80,
+        "Clean rows per class set aside for training; those of the protected label are used.")
+    threshold_per_class: int = option(320, "held-out clean rows per class for the threshold")
+    frr: float = option(0.01, "false rejection rate on clean rows that sets the threshold")
+    protected_label: int | None = option(
+        None,
+        "The label to protect; None = infer it from the suspect set's label distribution (see the module "
+        "doc).")
+    batch_size: int = option(16, "batch size")
+    max_length: int = option(128, "max tokens per input")
+    seed: int = option(42, "random seed of the defense's own sampling and training")
 
 
 PRESETS = {"full": {}, "quick": dict(train_per_class=64, threshold_per_class=128)}

@@ -20,21 +20,20 @@ import numpy as np
 
 from ..victim import predict_proba
 from ._common import held_out_split, per_class_rows, rows_summary
+from ..options import option
 from .base import DefenderData, DefenseConfig, DefenseResult
 
 
 @dataclass(frozen=True)
 class STRIPConfig(DefenseConfig):
-    repeat: int = 20
-    """Perturbed copies per input (OpenBackdoor uses 5)."""
-    swap_ratio: float = 0.5
-    """Share of word positions replaced in each copy (OpenBackdoor's value)."""
-    frr: float = 0.01
-    threshold_per_class: int = 320
-    source_per_class: int = 80
-    max_length: int = 128
-    batch_size: int = 128
-    seed: int = 42
+    repeat: int = option(20, "Perturbed copies per input (OpenBackdoor uses 5).")
+    swap_ratio: float = option(0.5, "Share of word positions replaced in each copy (OpenBackdoor's value).")
+    frr: float = option(0.01, "false rejection rate on clean rows that sets the threshold")
+    threshold_per_class: int = option(320, "held-out clean rows per class for the threshold")
+    source_per_class: int = option(80, "clean rows per class whose words are mixed in")
+    max_length: int = option(128, "max tokens per input")
+    batch_size: int = option(128, "batch size")
+    seed: int = option(42, "random seed of the defense's own sampling and training")
 
 
 PRESETS = {"full": {}, "quick": dict(repeat=5, threshold_per_class=128, source_per_class=64)}
@@ -102,8 +101,14 @@ def strip(*, victim, data: DefenderData, config: STRIPConfig) -> DefenseResult:
     clean_entropy = strip_entropy(model, tokenizer, list(held["text"]), sources=sources, config=config)
     threshold = threshold_at_frr(clean_entropy, config.frr)
 
+    scored: dict[tuple, np.ndarray] = {}
+
     def entropy(texts: list[str]) -> np.ndarray:
-        return strip_entropy(model, tokenizer, list(texts), sources=sources, config=config)
+        """The texts' STRIP entropies, computed once per list (evaluating and plotting then see the same)."""
+        key = tuple(texts)
+        if key not in scored:
+            scored[key] = strip_entropy(model, tokenizer, list(texts), sources=sources, config=config)
+        return scored[key]
 
     def reject(texts: list[str]) -> np.ndarray:
         return entropy(texts) < threshold
