@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
+from ..cache import cache_dir, cache_key, fingerprint, save_arrays_atomic, weights_digest
 from ..data import DataError
+from ..models import device, load_classifier, save_model
 from ..progress import progress
-from ..victim import (BATCHINGS, cache_dir, cache_key, device, epoch_batches, fingerprint, load_classifier,
-                      predict_proba, save_arrays_atomic, save_model, seed_everything, token_lengths, tokenize,
-                      weights_digest)
+from ..training import BATCHINGS, epoch_batches, predict_proba, seed_everything, token_lengths, tokenize
 from .base import DefenderData, DefenseConfig, DefenseResult
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..data import DataError
-from ..victim import device
+from ..models import device
 from ._common import NotRunnable, per_class_rows, require_clean, rows_summary
 from .base import DefenderData, DefenseConfig, DefenseResult
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..data import DataError
-from ..victim import predict_proba, seed_everything, tokenize
+from ..training import predict_proba, seed_everything, tokenize
 from ._common import copy_model, held_out_split, per_class_rows, rows_summary
 from .base import DefenderData, DefenseConfig, DefenseResult
 
