@@ -19,8 +19,9 @@ from .data import DataError, Splits, load_task
 from .defenses import get_defense, make_defense_config, with_threat_model
 from .defenses.base import DefenderData, DefenseConfig, DefenseResult, defender_view
 from .metrics import detection_scores, evaluate, evaluate_defense
+from .models import check_safetensors, describe_model, load_classifier, save_model
 from .store import provenance, write_json_atomic
-from .victim import VictimConfig, Victim, check_safetensors, describe_model, get_victim, load_classifier, save_model
+from .victim import Victim, VictimConfig, get_victim
 
 
 @dataclass(frozen=True)

@@ -373,7 +373,7 @@ def _minilm():
     """
     import torch
 
-    from .victim import load_classifier
+    from .models import load_classifier
 
     with torch.random.fork_rng(devices=[]), _no_progress_bars():
         torch.manual_seed(0)
@@ -409,7 +409,7 @@ def _forward(texts, *, train: bool = False):
     """Logits of every head and last hidden states of MiniLM on `texts` (one padded batch), on the CPU."""
     import torch
 
-    from .victim import tokenize
+    from .training import tokenize
 
     model, tokenizer = _minilm()
     inputs = tokenize(tokenizer, list(texts), MAX_LENGTH)

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
-from .victim import device, predict_proba, save_arrays_atomic
+from .cache import save_arrays_atomic
+from .models import device
+from .training import predict_proba
 
 
 def accuracy(predictions: np.ndarray, labels) -> float:

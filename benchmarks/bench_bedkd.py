@@ -27,7 +27,7 @@ from bedkd_core.defenses.bedkd import make_config, split_clean, train_dmm, agree
 from bedkd_core.experiments import prepare
 from bedkd_core.store import provenance, write_json_atomic
 from bedkd_core.metrics import accuracy, attack_success_rate, evaluate
-from bedkd_core.victim import tokenize
+from bedkd_core.training import tokenize
 
 
 class PeakRSS:

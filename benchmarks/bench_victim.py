@@ -25,7 +25,8 @@ from bedkd_core.data import load_task
 from bedkd_core.experiments import prepare
 from bedkd_core.store import provenance, write_json_atomic
 from bedkd_core.metrics import evaluate
-from bedkd_core.victim import device, load_classifier, seed_everything, train_classifier
+from bedkd_core.models import device, load_classifier
+from bedkd_core.training import seed_everything, train_classifier
 
 
 def samples_per_second(texts, labels, *, padding: str, batch_size: int, max_length: int) -> float:

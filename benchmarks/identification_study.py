@@ -26,7 +26,7 @@ OUT = Path("/tmp/idstudy")
 def _features(model, tokenizer, texts, *, max_length):
     import torch
 
-    from bedkd_core.victim import forward_batches
+    from bedkd_core.training import forward_batches
 
     n = len(texts)
     probs = np.zeros((n, model.config.num_labels), np.float32)

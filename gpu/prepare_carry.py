@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from bedkd_core.data import data_root
-from bedkd_core.victim import resolve_model, save_half_precision_copy
+from bedkd_core.models import resolve_model, save_half_precision_copy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CARRY = REPO_ROOT / "carry"

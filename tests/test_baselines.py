@@ -256,7 +256,7 @@ def test_rap_finds_the_protected_label_and_its_threshold_gives_about_one_percent
     clean, trig = _subsets(prepared, 200)
     assert result.reject(list(clean["text"])).mean() <= 0.04  # ≈1% on unseen clean inputs too
     delta_clean, delta_trig = result.details["score"](list(clean["text"])), result.details["score"](list(trig["text"]))
-    from bedkd_core.victim import predict_proba
+    from bedkd_core.training import predict_proba
 
     on_target = predict_proba(result.model, result.tokenizer, list(clean["text"])).argmax(1) == summary["protected_label"]
     assert delta_trig.mean() < delta_clean[on_target].mean()  # triggered inputs are robust to the RAP word
@@ -274,7 +274,7 @@ def test_fine_pruning_zeroes_the_units_it_lists_and_keeps_the_victim(quick):
     assert layer == len(ffn_layers(result.model)) - 1 and len(units) >= 0.2 * 1536 - 1
     captured = {}
     ffn_layers(result.model)[layer].intermediate.register_forward_hook(lambda m, i, o: captured.__setitem__("o", o))
-    from bedkd_core.victim import predict_proba
+    from bedkd_core.training import predict_proba
 
     predict_proba(result.model, result.tokenizer, list(prepared.clean_test["text"][:32]))
     assert torch.all(captured["o"][..., units] == 0) and captured["o"].abs().sum() > 0

@@ -218,7 +218,8 @@ def test_akd_keeps_the_epoch_where_fewest_watched_rows_keep_their_label(monkeypa
 
 def test_train_dmm_reuses_the_cached_dmm_only_for_the_same_teacher_data_and_settings(tmp_path, monkeypatch, sst2):
     from bedkd_core.defenses import bedkd as bk
-    from bedkd_core.victim import load_classifier, weights_digest
+    from bedkd_core.cache import weights_digest
+    from bedkd_core.models import load_classifier
 
     monkeypatch.setenv("BEDKD_CACHE", str(tmp_path))
     teacher, tokenizer = load_classifier("minilm", num_labels=2)
@@ -243,7 +244,7 @@ def test_train_dmm_reuses_the_cached_dmm_only_for_the_same_teacher_data_and_sett
 
 def test_agreement_scores_are_cached_by_both_models_and_the_texts(tmp_path, monkeypatch, sst2):
     from bedkd_core.defenses import bedkd as bk
-    from bedkd_core.victim import load_classifier
+    from bedkd_core.models import load_classifier
 
     monkeypatch.setenv("BEDKD_CACHE", str(tmp_path))
     teacher, tokenizer = load_classifier("minilm", num_labels=2)
@@ -267,7 +268,7 @@ def test_agreement_scores_are_cached_by_both_models_and_the_texts(tmp_path, monk
 
 def test_fixed_batches_keep_the_reference_order_unless_cut_by_length(sst2):
     from bedkd_core.defenses import bedkd as bk
-    from bedkd_core.victim import load_classifier
+    from bedkd_core.models import load_classifier
 
     _, tokenizer = load_classifier("minilm", num_labels=2)
     rows = sst2.train.select(range(40))

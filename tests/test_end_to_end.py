@@ -75,7 +75,7 @@ def test_oracle_ablation_gets_rows_from_run_experiment_never_flags(badnets_repor
 
 
 def test_defend_a_model_you_bring(badnets_report, tmp_path):
-    from bedkd_core.victim import cache_dir
+    from bedkd_core.cache import cache_dir
 
     victims = sorted((cache_dir() / "victims").iterdir(), key=lambda p: p.stat().st_mtime)
     victim_dir = next(v for v in victims if json.loads((v / "bedkd.json").read_text())["describe"]["attack"]["name"] == "badnets")

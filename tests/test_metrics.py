@@ -25,7 +25,7 @@ def test_accuracy_and_detection():
 
 def test_evaluate_stores_a_cached_victims_predictions_per_test_set(tmp_path, monkeypatch, sst2):
     from bedkd_core import metrics
-    from bedkd_core.victim import load_classifier
+    from bedkd_core.models import load_classifier
 
     model, tokenizer = load_classifier("minilm", num_labels=2)
     clean = sst2.test.select(range(10))

@@ -6,10 +6,12 @@ import torch
 from safetensors.torch import save_file
 
 from bedkd_core.data import DataError
-from bedkd_core.victim import (
-    MINILM_DIR_ENV, UnsafeModelError, VictimConfig, check_safetensors, describe_model, epoch_batches, get_victim,
-    load_classifier, predict_proba, resolve_model, save_half_precision_copy,
+from bedkd_core.models import (
+    MINILM_DIR_ENV, UnsafeModelError, check_safetensors, describe_model, load_classifier, resolve_model,
+    save_half_precision_copy,
 )
+from bedkd_core.training import epoch_batches, predict_proba
+from bedkd_core.victim import VictimConfig, get_victim
 
 
 def test_minilm_loads_with_sizes_from_its_config():

@@ -12,7 +12,8 @@ import numpy as np
 from datasets import Dataset
 
 from ..data import DataError
-from ..victim import VictimConfig, forward_batches, train_classifier
+from ..training import forward_batches, train_classifier
+from ..victim import VictimConfig
 from .base import DefenderData, DefenseConfig
 
 

@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
+from ..cache import cache_dir, cache_key, fingerprint, save_arrays_atomic, weights_digest
 from ..data import DataError
+from ..models import device, load_classifier, save_model
 from ..progress import progress
-from ..victim import (cache_dir, cache_key, device, epoch_batches, fingerprint, load_classifier,
-                      predict_proba, save_arrays_atomic, save_model, seed_everything, token_lengths, tokenize,
-                      weights_digest)
+from ..training import epoch_batches, predict_proba, seed_everything, token_lengths, tokenize
 from .base import DefenderData, DefenseResult
 from .bedkd_config import PRESETS, BeDKDConfig, configure, make_config
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from ..data import DataError
 from ..options import option
-from ..victim import Batching
+from ..training import Batching
 from .base import DefenseConfig
 
 

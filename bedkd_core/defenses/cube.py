@@ -23,8 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data import DataError
+from ..models import load_classifier
 from ..options import option
-from ..victim import VictimConfig, load_classifier, seed_everything, train_classifier
+from ..training import seed_everything, train_classifier
+from ..victim import VictimConfig
 from ._common import cls_embeddings, rows_summary
 from .base import DefenderData, DefenseConfig, DefenseResult
 

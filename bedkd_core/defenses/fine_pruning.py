@@ -21,7 +21,7 @@ from torch.nn.utils import prune
 
 from ..data import DataError
 from ..options import option
-from ..victim import predict_proba, seed_everything, tokenize
+from ..training import predict_proba, seed_everything, tokenize
 from ._common import copy_model, fine_tune, per_class_rows, require_clean, rows_summary
 from .base import DefenderData, DefenseConfig, DefenseResult
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..victim import seed_everything
+from ..training import seed_everything
 from ._common import copy_model, fine_tune, per_class_rows, require_clean, rows_summary
 from ..options import option
 from .base import DefenderData, DefenseConfig, DefenseResult

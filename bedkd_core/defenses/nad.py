@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..victim import device, seed_everything, tokenize
+from ..models import device
+from ..training import seed_everything, tokenize
 from ._common import copy_model, fine_tune, per_class_rows, require_clean, rows_summary
 from ..options import option
 from .base import DefenderData, DefenseConfig, DefenseResult

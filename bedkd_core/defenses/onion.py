@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from ..data import DataError
+from ..models import device
 from ..options import option
-from ..victim import device
 from ._common import NotRunnable, per_class_rows, require_clean, rows_summary
 from .base import DefenderData, DefenseConfig, DefenseResult
 

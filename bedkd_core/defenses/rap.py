@@ -38,7 +38,7 @@ import torch
 
 from ..data import DataError
 from ..options import option
-from ..victim import predict_proba, seed_everything, tokenize
+from ..training import predict_proba, seed_everything, tokenize
 from ._common import copy_model, held_out_split, per_class_rows, rows_summary
 from .base import DefenderData, DefenseConfig, DefenseResult
 

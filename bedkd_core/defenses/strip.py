@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..victim import predict_proba
+from ..training import predict_proba
 from ._common import held_out_split, per_class_rows, rows_summary
 from ..options import option
 from .base import DefenderData, DefenseConfig, DefenseResult
