@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     student.add_parser(sub)  # bedkd student-copies [--out DIR] [--root BOOK] [--check]
 
     compare.add_parser(sub)  # bedkd compare --dataset D --attack A --defenses bedkd,finetune,... --out DIR
-    sweep.add_parser(sub)  # bedkd sweep --grid NAME --out results/ [--status] [--backend ray] ...
+    sweep.add_command(sub)  # bedkd sweep --grid NAME --out results/ [--status] [--backend ray] ...
 
     headline = sub.add_parser("headline", help="the headline over finished full-scale cells, from results/")
     headline.add_argument("--readme", default=None, help="also rewrite the headline block of this README.md")
@@ -152,11 +152,11 @@ def _print_report(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "sweep":
-        return sweep.main(args)  # handles its own errors and exit codes
     if args.command == "compare":
         return compare.main_args(args)
     try:
+        if hasattr(args, "handler"):  # subcommands with add_command/run_command (sweep)
+            return args.handler(args)
         if args.command == "run":
             from .experiments import run_experiment
 
