@@ -2,7 +2,6 @@
 
 Every test but the two marked slow injects a fake cell runner, so no model is trained.
 """
-import argparse
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bedkd_core import store, sweep
+from bedkd_core import cli, store, sweep
 from bedkd_core.sweep import GridError, expected_settings, load_grid, run_sweep, sweep_status
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -69,9 +68,7 @@ def leftovers(root: Path) -> list[str]:
 
 
 def cli_main(argv):
-    parser = argparse.ArgumentParser(prog="bedkd")
-    sweep.add_parser(parser.add_subparsers(dest="command", required=True))
-    return sweep.main(parser.parse_args(["sweep", *argv]))
+    return cli.main(["sweep", *argv])
 
 
 # ---------------------------------------------------------------- the grid files of the repository
@@ -340,7 +337,23 @@ def test_cli_rejects_bad_arguments_with_exit_2(tmp_path, capsys):
     assert cli_main(["--grid", str(grid_file), "--out", str(tmp_path), "--workers", "2"]) == 2
     assert "use --backend ray" in capsys.readouterr().err
     assert cli_main(["--grid", "nope", "--out", str(tmp_path)]) == 2
-    assert "no grid named 'nope'" in capsys.readouterr().err
+    assert "bedkd: error: no grid named 'nope'" in capsys.readouterr().err
+
+
+def test_cli_exits_1_when_a_cell_failed(tmp_path, monkeypatch):
+    runner = FakeRunner(fail=["sst2/addsent/none/seed0"])
+    monkeypatch.setattr(sweep.command, "run_sweep", lambda *a, **kw: run_sweep(*a, **kw, runner=runner, progress=False))
+    assert cli_main(["--grid", str(write_grid(tmp_path)), "--out", str(tmp_path / "out")]) == 1
+    assert len(runner.ran) == 4
+
+
+def test_cli_interrupted_sweep_exits_130_with_how_to_resume(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep.command, "run_sweep", interrupted)
+    assert cli_main(["--grid", str(write_grid(tmp_path)), "--out", str(tmp_path)]) == 130
+    assert "interrupted; the cell that was running is not finished" in capsys.readouterr().err
 
 
 def test_victim_keys_group_cells_that_share_a_model():
