@@ -17,3 +17,12 @@ def sst2():
     from bedkd_core.data import load_task
 
     return load_task("sst2")
+
+
+@pytest.fixture(scope="session")
+def quick_badnets():
+    """The quick SST-2 BadNets cell, prepared once per session (the victim comes from the shared cache)."""
+    from bedkd_core.attacks import AttackConfig
+    from bedkd_core.experiments import prepare
+
+    return prepare(dataset="sst2", attack=AttackConfig(name="badnets"), scale="quick", seed=0)

@@ -201,15 +201,8 @@ def test_onion_without_a_causal_lm_says_not_run(monkeypatch):
 # ---------------------------------------------------------------- on the cached quick SST-2 BadNets victim (slow)
 
 @pytest.fixture(scope="module")
-def quick():
-    from bedkd_core.attacks import AttackConfig
-    from bedkd_core.defenses.base import defender_view
-    from bedkd_core.experiments import prepare
-
-    prepared = prepare(dataset="sst2", attack=AttackConfig(name="badnets"), scale="quick", seed=0)
-    data = DefenderData(clean=prepared.clean_pool.select_columns(["text", "label"]),
-                        suspect=defender_view(prepared.poisoned.data), num_classes=prepared.splits.num_classes)
-    return prepared, data
+def quick(quick_badnets):
+    return quick_badnets, quick_badnets.defender_data()
 
 
 def _state(model):

@@ -30,11 +30,12 @@ class CellStatus:
 
 def expected_settings(cell: Cell, *, scale: str, model: str | None) -> dict:
     """What the report of `cell` must record: scale, seed, model and every attack and defense parameter."""
-    from ..defenses import make_defense_config, with_threat_model
+    from ..experiments import defense_config  # the config run_experiment will build for this cell
 
     attack = cell.attack_config().resolved(cell.dataset_name).asdict()
-    options = with_threat_model(cell.defense_name, dict(cell.defense_options), target_label=attack["target_label"])
-    defense = {"name": cell.defense_name, **make_defense_config(cell.defense_name, scale=scale, **options).asdict()}
+    config = defense_config(cell.defense_name, scale=scale, target_label=attack["target_label"],
+                            options=cell.defense_options)
+    defense = {"name": cell.defense_name, **config.asdict()}
     expected = {"scale": scale, "seed": cell.seed, "model": model or os.environ.get("BEDKD_MODEL", "minilm"),
                 "attack": attack, "defense": defense}
     return json.loads(json.dumps(expected))  # as a report stores it: tuples become lists
