@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     defend.add_argument("--trust-pickle", action="store_true")
     _add_bedkd_options(defend)
 
-    grading.add_parser(sub)  # bedkd grade NOTEBOOK [--json]
-    student.add_parser(sub)  # bedkd student-copies [--out DIR] [--root BOOK] [--check]
+    grading.add_command(sub)  # bedkd grade NOTEBOOK [--json]
+    student.add_command(sub)  # bedkd student-copies [--out DIR] [--root BOOK] [--check]
 
     compare.add_parser(sub)  # bedkd compare --dataset D --attack A --defenses bedkd,finetune,... --out DIR
     sweep.add_parser(sub)  # bedkd sweep --grid NAME --out results/ [--status] [--backend ray] ...
@@ -152,6 +152,12 @@ def _print_report(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "handler", None):  # a subcommand module's run_command (the add_command convention)
+        try:
+            return args.handler(args)
+        except DataError as err:
+            print(f"bedkd: error: {err}", file=sys.stderr)
+            return 2
     if args.command == "sweep":
         return sweep.main(args)  # handles its own errors and exit codes
     if args.command == "compare":
@@ -184,10 +190,6 @@ def main(argv: list[str] | None = None) -> int:
             summary = defend_own_model(victim=args.victim, clean=args.clean, suspect=args.suspect, out=args.out,
                                        options=_bedkd_options(args), trust_pickle=args.trust_pickle)
             print(f"identified {summary['n_identified']} suspect samples; purified model: {args.out}/purified_model")
-        elif args.command == "grade":
-            return grading.run(args)
-        elif args.command == "student-copies":
-            return student.run(args)
         elif args.command == "headline":
             from . import book
 
