@@ -333,12 +333,12 @@ def generate(out_dir=None, *, root=None, chapters=None) -> list[Path]:
 
 # ---------------------------------------------------------------- command line
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_command(subparsers) -> None:
     """Register `student-copies` on the `bedkd` command's subparsers."""
     parser = subparsers.add_parser("student-copies", help="write student copies of the chapters (solutions removed)",
                                    description=DESCRIPTION)
     _add_arguments(parser)
-    return parser
+    parser.set_defaults(handler=run_command)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -347,8 +347,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 naming the stale files")
 
 
-def run(args: argparse.Namespace) -> int:
-    """0 when written or in sync; 1 when --check finds stale copies; 2 when a chapter cannot be copied."""
+def run_command(args: argparse.Namespace) -> int:
+    """0 when written or in sync; 1 when --check finds stale copies; 2 when a chapter cannot be copied.
+
+    A chapter that cannot be copied is reported here as `bedkd student-copies: error: …`, not raised."""
     try:
         if args.check:
             problems = stale_files(args.out, root=args.root)
@@ -373,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bedkd student-copies", description=DESCRIPTION)
     _add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
