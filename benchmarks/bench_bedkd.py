@@ -22,7 +22,6 @@ import psutil
 import torch
 
 from bedkd_core.attacks import AttackConfig
-from bedkd_core.defenses.base import DefenderData, defender_view
 from bedkd_core.defenses.bedkd import make_config, split_clean, train_dmm, agreement_scores, identify_poisoned, akd
 from bedkd_core.experiments import prepare
 from bedkd_core.store import provenance, write_json_atomic
@@ -67,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     prepared = prepare(dataset="sst2", attack=AttackConfig(name=args.attack), scale=args.scale, seed=0)
     teacher, tokenizer = prepared.victim.model, prepared.victim.tokenizer
-    data = DefenderData(clean=prepared.clean_pool, suspect=defender_view(prepared.poisoned.data), num_classes=2)
+    data = prepared.defender_data()
     preset = "quick" if args.scale == "quick" else "fixed"
     base = make_config(preset=preset, **({"akd_epochs": args.akd_epochs} if args.akd_epochs else {}))
     dmm_clean, akd_clean = split_clean(data.clean, num_classes=2, dmm_per_class=base.dmm_per_class,

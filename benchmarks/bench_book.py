@@ -9,7 +9,6 @@ Prints both wall times, their ratio and each against the budget; with --json, wr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

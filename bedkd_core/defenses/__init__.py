@@ -36,23 +36,24 @@ class DefenseSpec:
     run: Callable[..., DefenseResult]
     config_cls: type
     kind: str
-    presets: dict
+    presets: dict | None = None
     """scale (quick, full) → the options that scale sets; `options` given by the user override them."""
     check: Callable[[DefenderData, DefenseConfig], None] | None = None
     configure: Callable[..., DefenseConfig] | None = None
-    """configure(scale=..., options=...) → the config, for a defense whose presets are not per scale."""
+    """configure(scale=..., options=...) → the config, for a defense whose presets are not per scale (BeDKD's
+    named presets, which the scale only defaults)."""
 
     def __call__(self, *, victim, data: DefenderData, config: DefenseConfig, **hooks) -> DefenseResult:
         return self.run(victim=victim, data=data, config=config, **hooks)
 
     def make_config(self, *, scale: str, options: dict) -> DefenseConfig:
-        if self.config_cls is DefenseConfig:
-            if options:
-                raise DataError(f"defense {self.name!r} takes no options, got {', '.join(options)}")
-            return DefenseConfig()
         if self.configure is not None:
             return self.configure(scale=scale, options=options)
-        return apply_preset(self.config_cls, self.presets, scale, options, defense=self.name)
+        if self.presets is not None:
+            return apply_preset(self.config_cls, self.presets, scale, options, defense=self.name)
+        if options:
+            raise DataError(f"defense {self.name!r} takes no options, got {', '.join(options)}")
+        return self.config_cls()
 
     def check_data(self, data: DefenderData, config: DefenseConfig) -> None:
         """Fail fast (a DataError naming the defense and what is missing) before any defense runs."""
@@ -65,10 +66,9 @@ def _no_defense(*, victim, data, config) -> DefenseResult:
 
 
 DEFENSES = {spec.name: spec for spec in (
-    DefenseSpec("none", _no_defense, DefenseConfig, "none", {"quick": {}, "full": {}}),
+    DefenseSpec("none", _no_defense, DefenseConfig, "none"),
     DefenseSpec("bedkd", _bedkd.bedkd, _bedkd_config.BeDKDConfig, "model repair (distillation)",
-                {s: {"preset": p} for s, p in _bedkd_config.SCALE_PRESETS.items()}, _bedkd.check,
-                _bedkd_config.configure),
+                check=_bedkd.check, configure=_bedkd_config.configure),
     DefenseSpec("finetune", _finetune.finetune, _finetune.FineTuneConfig, "model repair", _finetune.PRESETS,
                 _finetune.check),
     DefenseSpec("fine_pruning", _fine_pruning.fine_pruning, _fine_pruning.FinePruningConfig, "model repair",

@@ -14,7 +14,7 @@ import yaml
 
 from ..data import NUM_CLASSES, DataError
 from ..options import coerce, options_of
-from ..store import REPO_ROOT
+from ..store import REPO_ROOT, cell_dir
 
 GRIDS_DIR = REPO_ROOT / "grids"
 
@@ -54,7 +54,8 @@ class Cell:
         return f"{self.dataset}/{self.attack}/{self.defense}/seed{self.seed}"
 
     def dir(self, out: str | Path) -> Path:
-        return Path(out) / self.grid / self.dataset / self.attack / self.defense / f"seed{self.seed}"
+        return cell_dir(grid=self.grid, dataset=self.dataset, attack=self.attack, defense=self.defense,
+                        seed=self.seed, root=out)
 
     def attack_config(self):
         from ..attacks import AttackConfig
