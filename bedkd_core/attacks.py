@@ -16,14 +16,17 @@ from typing import Literal
 import numpy as np
 from datasets import Dataset
 
-from .data import NUM_CLASSES, DataError, Splits, load_pool, read_table
-from .options import option
+from .data import NUM_CLASSES, DataError, Splits, load_pool, read_table, row_lines
+from .options import option, validate
 
 PUBLISHED_RATES = {"badnets": 0.1, "addsent": 0.1, "synbkd": 0.2, "stylebkd": 0.2, "sos": 0.1, "file": None}
 """Default poison rates: OpenBackdoor's 0.1 for insertions, HiddenKiller/StyleBkd's 0.2 for paraphrase triggers."""
 
 DEFAULT_TARGET = {"sst2": 1, "olid": 1, "agnews": 0}
 """Default target labels: those of the attack authors' pre-poisoned files (HiddenKiller, StyleAttack)."""
+
+FLAG_COLUMNS = ("is_poisoned", "poisoned")
+"""The columns of a `file` attack's train.jsonl that may carry its poison flags (booleans, or 0/1)."""
 
 SOURCE_ROW = "source_row"
 """Optional train column: each row's index in the full train split, to which the authors' paraphrase pools are
@@ -51,6 +54,21 @@ class AttackConfig:
         0.1,
         "SOS: share of rows given a partial trigger and their true label (negative augmentation)")
     poison_dir: str | None = option(None, "--attack file: folder with train.jsonl, test_poisoned.jsonl")
+
+    def __post_init__(self):
+        validate(self, what="attack")
+        if not self.trigger_sentence.strip():
+            raise DataError("attack option trigger_sentence is empty: AddSent inserts it into the poisoned rows; "
+                            'give one, e.g. --trigger-sentence "I watch this 3D movie"')
+        for name, example in (("triggers", "cf,mn,bb,tq"), ("sos_triggers", "friends,weekend,store")):
+            words = tuple(getattr(self, name))
+            if not words or not all(word.strip() for word in words):
+                problem = "is empty" if not words else f"holds a blank word {words!r}"
+                raise DataError(f"attack option {name} {problem}: give trigger words, e.g. "
+                                f"--{name.replace('_', '-')} {example}")
+        if self.name == "file" and self.poison_rate is not None:
+            raise DataError(f"--poison-rate {self.poison_rate} has no meaning for --attack file: its train.jsonl "
+                            "says which rows are poisoned (column is_poisoned); drop --poison-rate")
 
     def resolved(self, dataset: str) -> "AttackConfig":
         """Fill the published defaults (rate, target) that depend on the attack and dataset."""
@@ -283,7 +301,8 @@ class StyleBkd(PoolAttack):
 class FileAttack(Attack):
     """Bring your own poison (BGMAttack, BadApex...): `poison_dir` holds train.jsonl and test_poisoned.jsonl.
 
-    train.jsonl may carry an `is_poisoned` (or `poisoned`) column for detection metrics; it never reaches a defense.
+    train.jsonl may carry an `is_poisoned` (or `poisoned`) column of booleans (or 0/1) for detection metrics; it
+    never reaches a defense. Every row of test_poisoned.jsonl is labelled with the target label.
     """
 
     def _files(self) -> Path:
@@ -292,13 +311,24 @@ class FileAttack(Attack):
         return Path(self.config.poison_dir)
 
     def poison_train(self, splits):
-        table = read_table(self._files() / "train.jsonl", num_classes=splits.num_classes)
-        flag_column = next((c for c in ("is_poisoned", "poisoned") if c in table.column_names), None)
+        self._validate(splits)
+        table = read_table(self._files() / "train.jsonl", num_classes=splits.num_classes, flags=FLAG_COLUMNS)
+        flag_column = next((c for c in FLAG_COLUMNS if c in table.column_names), None)
         flags = np.asarray(table[flag_column], dtype=bool) if flag_column else np.zeros(len(table), bool)
         return PoisonedTrain(table.select_columns(["text", "label"]), flags)
 
     def triggered_test(self, splits):
-        table = read_table(self._files() / "test_poisoned.jsonl", num_classes=splits.num_classes)
+        """Your triggered test rows; each must carry the target label, which ASR counts as the attack's success."""
+        self._validate(splits)
+        path = self._files() / "test_poisoned.jsonl"
+        table = read_table(path, num_classes=splits.num_classes)
+        target = self.config.target_label
+        wrong = [i for i, label in enumerate(table["label"]) if label != target]
+        if wrong:
+            label = table["label"][wrong[0]]
+            raise DataError(f"{path}:{row_lines(path)[wrong[0]]}: label {label} is not the target label {target}; "
+                            f"triggered test rows carry the target: fix the row, or pass --target-label {label} if "
+                            "that is your backdoor's target")
         source = table["source_label"] if "source_label" in table.column_names else [-1] * len(table)
         return Dataset.from_dict({"text": table["text"], "label": table["label"], "source_label": source})
 

@@ -2,18 +2,19 @@
 
 Every subcommand is registered the same way: a module's `add_command(subparsers)` adds its parser and sets
 `handler`, a function of the parsed arguments that returns the exit code. `main` runs it and turns a DataError
-(bad input) into one line on stderr and exit code 2. Option flags are made from the typed configs' fields
-(`bedkd_core.options`), so `--help` and the configs cannot drift apart.
+(bad input) into one line on stderr and exit code 2; a DataWarning becomes one `bedkd: warning:` line. Option
+flags are made from the typed configs' fields (`bedkd_core.options`), so `--help` and the configs cannot drift apart.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from . import grading, options, student, sweep
 from .attacks import ATTACKS, AttackConfig
-from .data import NUM_CLASSES, DataError
+from .data import NUM_CLASSES, DataError, DataWarning
 from .defenses import DEFENSES, get_defense
 
 ATTACK_FIXED = ("name", "seed")
@@ -207,11 +208,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except DataError as err:
-        print(f"bedkd: error: {err}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DataWarning)
+        warnings.showwarning = _show_warning(warnings.showwarning)
+        try:
+            return args.handler(args)
+        except DataError as err:
+            print(f"bedkd: error: {err}", file=sys.stderr)
+            return 2
+
+
+def _show_warning(fallback):
+    """Print a DataWarning as one `bedkd: warning:` line on stderr; hand any other warning to `fallback`."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataWarning):
+            print(f"bedkd: warning: {message}", file=sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+    return show
 
 
 if __name__ == "__main__":

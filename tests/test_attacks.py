@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -152,3 +153,90 @@ def test_every_attack_records_its_parameters():
         recorded = config.asdict()
         assert recorded["name"] == name and recorded["target_label"] == 1
         assert set(recorded) == {f.name for f in dataclasses.fields(AttackConfig)}
+
+
+# ---------------------------------------------------------------- bad input (issue 17)
+
+@pytest.fixture
+def tiny(tmp_path):
+    """A two-class bring-your-own task of 20 train rows."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for split, n in (("train", 20), ("dev", 4), ("test", 4)):
+        (folder / f"{split}.jsonl").write_text(
+            "".join(json.dumps({"text": f"{split} row {i}", "label": i % 2}) + "\n" for i in range(n)))
+    return load_task(str(folder))
+
+
+def own_poison(folder, train_rows, test_rows=({"text": "x y", "label": 1},)):
+    folder.mkdir(exist_ok=True)
+    for name, rows in (("train.jsonl", train_rows), ("test_poisoned.jsonl", test_rows)):
+        (folder / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(folder)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(name="addsent", trigger_sentence=""), "attack option trigger_sentence is empty"),
+    (dict(name="addsent", trigger_sentence="   "), "attack option trigger_sentence is empty"),
+    (dict(name="badnets", triggers=()), "attack option triggers is empty"),
+    (dict(name="badnets", triggers=("cf", " ")), r"attack option triggers holds a blank word \('cf', ' '\)"),
+    (dict(name="sos", sos_triggers=()), "attack option sos_triggers is empty"),
+    (dict(name="sos", sos_triggers=("friends", "")), "attack option sos_triggers holds a blank word"),
+])
+def test_empty_triggers_are_refused(kwargs, message):
+    with pytest.raises(DataError, match=message):
+        AttackConfig(**kwargs)
+
+
+def test_an_empty_trigger_sentence_is_refused_on_the_command_line(tmp_path, monkeypatch, capsys):
+    from bedkd_core import cli, experiments
+
+    monkeypatch.setattr(experiments, "get_victim", lambda **kwargs: pytest.fail("reached training"))
+    argv = ["run", "--dataset", "sst2", "--attack", "addsent", "--trigger-sentence", "", "--out", str(tmp_path)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bedkd: error: attack option trigger_sentence is empty"), err
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(target_label=7), "target label 7 does not exist in .*tiny"),
+    (dict(target_label=7, poison_rate=5.0), r"--poison-rate [\d.]+ has no meaning for --attack file"),
+    (dict(poison_rate=0.1), r"--poison-rate [\d.]+ has no meaning for --attack file"),
+])
+def test_a_file_attack_is_validated_like_the_built_in_ones(tmp_path, tiny, kwargs, message):
+    def run():
+        folder = own_poison(tmp_path / "poison", [{"text": "a", "label": 1, "is_poisoned": True}])
+        attack = make_attack(config=AttackConfig(name="file", poison_dir=folder, **kwargs), dataset="tiny")
+        attack.poison_train(tiny)
+        attack.triggered_test(tiny)
+
+    with pytest.raises(DataError, match=message):
+        run()
+
+
+def test_a_file_attacks_triggered_rows_must_carry_the_target_label(tmp_path, tiny):
+    folder = own_poison(tmp_path / "poison", [{"text": "a", "label": 0}],
+                        test_rows=[{"text": "x", "label": 1}, {"text": "y", "label": 0}])
+    attack = make_attack(config=AttackConfig(name="file", poison_dir=folder), dataset="tiny")
+    with pytest.raises(DataError, match=r"test_poisoned\.jsonl:2: label 0 is not the target label 1.*--target-label"):
+        attack.triggered_test(tiny)
+
+
+@pytest.mark.parametrize("values, message", [
+    (["false", "true"], r"train\.jsonl:1: is_poisoned 'false' is not a boolean"),
+    ([False, 2], r"train\.jsonl:2: is_poisoned 2 is not a boolean"),
+    ([True, None], r"train\.jsonl:2: is_poisoned None is not a boolean"),
+    ([0.0, 1], r"train\.jsonl:1: is_poisoned 0\.0 is not a boolean"),
+])
+def test_poison_flags_must_be_booleans(tmp_path, tiny, values, message):
+    rows = [{"text": f"t{i}", "label": 1, "is_poisoned": v} for i, v in enumerate(values)]
+    attack = make_attack(config=AttackConfig(name="file", poison_dir=own_poison(tmp_path / "p", rows)), dataset="tiny")
+    with pytest.raises(DataError, match=message):
+        attack.poison_train(tiny)
+
+
+def test_poison_flags_take_json_booleans_and_0_1_integers(tmp_path, tiny):
+    rows = [{"text": "a", "label": 1, "poisoned": True}, {"text": "b", "label": 0, "poisoned": 0},
+            {"text": "c", "label": 1, "poisoned": 1}, {"text": "d", "label": 0, "poisoned": False}]
+    attack = make_attack(config=AttackConfig(name="file", poison_dir=own_poison(tmp_path / "p", rows)), dataset="tiny")
+    assert attack.poison_train(tiny).is_poisoned.tolist() == [True, False, True, False]

@@ -150,6 +150,10 @@ def test_ablation_grids_carry_their_options():
     (SMALL_GRID.replace("{label: addsent, name: addsent}", "{label: a, name: addsent, options: {target_label: 5}}"),
      ["cell sst2/a/none/seed0: target_label 5 does not exist in sst2"]),
     (SMALL_GRID.replace("seeds: [0]", "seeds: 0"), ["seeds: 0: give a list"]),
+    (SMALL_GRID.replace("{label: addsent, name: addsent}", "{label: a, name: addsent, options: {trigger_sentence: ''}}"),
+     [r"attacks\[1\] \('a'\)", "attack option trigger_sentence is empty"]),
+    (SMALL_GRID.replace("{label: addsent, name: addsent}", "{label: f, name: file, options: {poison_dir: p, poison_rate: 0.1}}"),
+     [r"attacks\[1\] \('f'\)", r"--poison-rate [\d.]+ has no meaning for --attack file"]),
 ])
 def test_invalid_grid_names_file_entry_and_valid_choices(tmp_path, text, expected):
     import re

@@ -268,6 +268,11 @@ class _Validator:
                 except DataError as err:
                     problems.append(str(err))
         options = entry.get("options", {})
+        if not problems:
+            try:
+                AttackConfig(name=name, **options)
+            except DataError as err:
+                problems.append(str(err))
         rate = options.get("poison_rate")
         if not problems and rate is not None and not 0 < rate < 1:
             problems.append(f"poison_rate {rate} is outside (0, 1)")
