@@ -1,9 +1,11 @@
 """Build the book and check every page in _toc.yml, as a reader would see it.
 
 The rules depend on the chapter number NN of chapters/NN_name: no page shows error output, loads a
-script from a CDN or shows an uncollapsed solution; chapters 02+ show figures; chapters 03+ carry
-widget state that headless Chromium draws offline from the vendored JS. A scratch chapter 03, built
-in a temporary copy of the book, shows that these checks pass on a good page and catch broken ones.
+script from a CDN or shows an uncollapsed solution; every chapter has a Colab link (back-matter pages
+without a number, such as the notation and the bibliography, have none); chapters 02+ show figures;
+chapters 03+ carry widget state that headless Chromium draws offline from the vendored JS. A scratch
+chapter 03, built in a temporary copy of the book, shows that these checks pass on a good page and catch
+broken ones.
 Screenshots of every page land in screenshots/.
 """
 import os
@@ -32,9 +34,10 @@ REPOSITORY = yaml.safe_load((REPO_ROOT / "_config.yml").read_text())["repository
 needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: bash .ci/install_chromium.sh")
 
 
-def chapter_number(docname: str) -> int:
-    """The NN of chapters/NN_name."""
-    return int(re.match(r"(\d+)_", Path(docname).name).group(1))
+def chapter_number(docname: str) -> int | None:
+    """The NN of chapters/NN_name; None for a back-matter page without a number (notation, bibliography)."""
+    match = re.match(r"(\d+)_", Path(docname).name)
+    return int(match.group(1)) if match else None
 
 
 def build_book(book_dir: Path, output_dir: Path) -> Path:
@@ -51,8 +54,9 @@ def build_book(book_dir: Path, output_dir: Path) -> Path:
     return html
 
 
-def page_problems(html: str, number: int) -> list[str]:
-    """What is wrong with the built page of chapter `number`, judged from its HTML."""
+def page_problems(html: str, number: int | None) -> list[str]:
+    """What is wrong with the built page of chapter `number` (None: a back-matter page), judged from its HTML."""
+    number = 0 if number is None else number
     problems = []
     if re.search(r'class="output (stderr|traceback|error)\b', html) or "Traceback (most recent call last)" in html:
         problems.append("error or stderr output")
@@ -150,6 +154,8 @@ def test_book_builds_every_toc_page(book_html):
 def test_page_html(book_html, docname):
     html = (book_html / f"{docname}.html").read_text()
     assert not page_problems(html, chapter_number(docname))
+    if chapter_number(docname) is None:
+        return  # a MyST page, not a notebook: nothing to open in Colab
     github = REPOSITORY["url"].removeprefix("https://github.com/")
     assert f"https://colab.research.google.com/github/{github}/blob/{REPOSITORY['branch']}/{docname}.ipynb" in html
 
@@ -159,7 +165,7 @@ def test_page_html(book_html, docname):
 def test_page_renders(book_html, docname):
     page = book_html / f"{docname}.html"
     screenshot(page, Path(docname).name)
-    if chapter_number(docname) >= 3:
+    if (chapter_number(docname) or 0) >= 3:
         assert not undrawn_widgets(page)
 
 

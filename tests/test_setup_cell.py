@@ -22,9 +22,14 @@ SETUP_VARIABLES = ("BEDKD_INSTALL_SOURCE", "BEDKD_MODEL", "BEDKD_DATA", "BEDKD_S
 
 
 def chapter_sources() -> list[Path]:
-    """The notebook (.ipynb, else MyST .md) of every page in _toc.yml that exists, in book order."""
+    """The notebook (.ipynb, else MyST .md) of every chapter (chapters/NN_name) in _toc.yml that exists, in order.
+
+    Back-matter pages without a chapter number (notation, bibliography) run no code and carry no setup cell.
+    """
     sources = []
     for docname in parse_toc_yaml(REPO_ROOT / "_toc.yml"):
+        if not re.match(r"\d+_", Path(docname).name):
+            continue
         for suffix in (".ipynb", ".md"):
             if (REPO_ROOT / f"{docname}{suffix}").exists():
                 sources.append(REPO_ROOT / f"{docname}{suffix}")
