@@ -25,8 +25,8 @@ from pathlib import Path
 from .attacks import AttackConfig
 from .data import DataError
 from .defenses import DEFENSES, NotRunnable
-from .experiments import (VictimModifiedError, clean_floor, defense_config, evaluate_victim, get_scale, prepare,
-                          run_defense)
+from .experiments import (VictimModifiedError, check_out_dir, clean_floor, defense_config, evaluate_victim,
+                          get_scale, prepare, run_defense)
 from .options import coerce, label, options_of
 from .store import provenance, write_json_atomic
 from .victim import describe_model
@@ -85,10 +85,15 @@ def compare(*, dataset: str, attack: AttackConfig, defenses: str | list[str], sc
     options = options or {}
     target = attack.resolved(dataset).target_label
     configs = {n: defense_config(n, scale=scale_name, target_label=target, options=options.get(n)) for n in names}
-    prepared = prepare(dataset=dataset, attack=attack, scale=scale_name, model=model, seed=seed)
+    if out:
+        check_out_dir(out)
+
+    def check(data):  # before the victim is trained, naming the defense short of data
+        for n in names:
+            DEFENSES[n].check_data(data, configs[n])
+
+    prepared = prepare(dataset=dataset, attack=attack, scale=scale_name, model=model, seed=seed, check=check)
     defender = prepared.defender_data()
-    for n in names:
-        DEFENSES[n].check_data(defender, configs[n])  # fail before any defense runs, naming the defense
     t0 = time.perf_counter()
     victim_metrics = evaluate_victim(prepared)
     rows = [_row("none", cacc=victim_metrics["cacc"], asr=victim_metrics["asr"], eval_s=time.perf_counter() - t0,

@@ -9,6 +9,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from .data import DataError, Splits, load_task
 from .defenses import get_defense, make_defense_config, with_threat_model
 from .defenses.base import DefenderData, DefenseConfig, DefenseResult, defender_view
 from .metrics import detection_scores, evaluate, evaluate_defense
-from .models import check_safetensors, describe_model, load_classifier, save_model
+from .models import check_safetensors, describe_model, load_classifier, model_config, save_model
 from .store import provenance, write_json_atomic
 from .victim import Victim, VictimConfig, get_victim
 
@@ -91,13 +92,22 @@ class Prepared:
 
     def defender_data(self) -> DefenderData:
         """What the defender gets: its clean pool and the suspect train split, without the oracle flags."""
-        return DefenderData(clean=defender_view(self.clean_pool), suspect=defender_view(self.poisoned.data),
-                            num_classes=self.splits.num_classes)
+        return _defender_data(self.clean_pool, self.poisoned, self.splits)
+
+
+def _defender_data(clean_pool: Dataset, poisoned: PoisonedTrain, splits: Splits) -> DefenderData:
+    return DefenderData(clean=defender_view(clean_pool), suspect=defender_view(poisoned.data),
+                        num_classes=splits.num_classes)
 
 
 def prepare(*, dataset: str, attack: AttackConfig, scale: str | None = None, model: str | None = None,
-            seed: int = 0, trust_pickle: bool = False) -> Prepared:
-    """Load the data, poison it, and train (or reuse) the victim: the shared start of every experiment."""
+            seed: int = 0, trust_pickle: bool = False,
+            check: Callable[[DefenderData], None] | None = None) -> Prepared:
+    """Load the data, poison it, and train (or reuse) the victim: the shared start of every experiment.
+
+    `check(defender_data)` runs once the data is built, before the victim is trained or loaded, so a defense
+    short of data fails in seconds rather than after the victim's training.
+    """
     scale_cfg = get_scale(scale)
     splits = load_task(dataset)
     attacker = make_attack(config=dataclasses.replace(attack, seed=seed), dataset=dataset)
@@ -116,14 +126,17 @@ def prepare(*, dataset: str, attack: AttackConfig, scale: str | None = None, mod
         splits.train, per_class=min(scale_cfg.clean_pool_per_class, _smallest_class(splits.train, train_rows)),
         seed=seed + 1, exclude=set(train_rows or []),
     )
+    clean_pool = splits.train.select(pool_rows)
+    if check is not None:
+        check(_defender_data(clean_pool, poisoned, splits))
     victim_config = VictimConfig(model=model or os.environ.get("BEDKD_MODEL", "minilm"),
                                  epochs=scale_cfg.victim_epochs, batch_size=scale_cfg.victim_batch_size,
                                  batching=scale_cfg.victim_batching, seed=seed)
     describe = {"dataset": dataset, "attack": attacker.config.asdict(), "scale": scale_cfg.name}
     victim = get_victim(train=poisoned.data, num_labels=splits.num_classes, config=victim_config,
                         describe=describe, trust_pickle=trust_pickle)
-    return Prepared(splits, attacker.config, poisoned, clean_test, triggered, splits.train.select(pool_rows),
-                    victim, victim_config, scale_cfg)
+    return Prepared(splits, attacker.config, poisoned, clean_test, triggered, clean_pool, victim, victim_config,
+                    scale_cfg)
 
 
 def victim_rows(train: Dataset, *, scale: Scale, seed: int) -> list[int] | None:
@@ -252,13 +265,18 @@ def _curve_fn(prepared: Prepared, size: int = 400):
 def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none", defense_options: dict | None = None,
                    scale: str | None = None, model: str | None = None, seed: int = 0, out: str | Path | None = None,
                    with_floor: bool = True, trust_pickle: bool = False) -> dict:
-    """Train or reuse the victim, apply the defense, evaluate; return (and optionally write) the report."""
+    """Train or reuse the victim, apply the defense, evaluate; return (and optionally write) the report.
+
+    Every input is checked before the victim is trained: options, output folder, data and the defense's budgets.
+    """
     started = time.perf_counter()
     run_provenance = provenance()  # taken before the run: the code that ran is the code at this commit
     config = defense_config(defense, scale=get_scale(scale).name, options=defense_options,
                             target_label=attack.resolved(dataset).target_label)
-    prepared = prepare(dataset=dataset, attack=attack, scale=scale, model=model, seed=seed, trust_pickle=trust_pickle)
-    get_defense(defense).check_data(prepared.defender_data(), config)  # before the evaluations and the floor
+    if out:
+        check_out_dir(out)
+    prepared = prepare(dataset=dataset, attack=attack, scale=scale, model=model, seed=seed, trust_pickle=trust_pickle,
+                       check=lambda data: get_defense(defense).check_data(data, config))
     report = {
         "dataset": dataset,
         "attack": prepared.attack.asdict(),
@@ -289,6 +307,18 @@ def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none",
     return report
 
 
+def check_out_dir(out: str | Path) -> None:
+    """Fail before any work unless `out` is a folder or can be created as one (the results would be lost)."""
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output folder {out} is a file; name a folder (it is created when missing)")
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    if not parent.is_dir():
+        raise DataError(f"output folder {out} cannot be created: {parent} is a file; name another folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"output folder {out} cannot be written: {parent} is not writable; name another folder")
+
+
 def _save_defense_artifacts(out: Path, result, prepared: Prepared) -> None:
     """The purified model (safetensors) and per-sample scores with their oracle flags, for the chapters' plots."""
     save_model(result.model, result.tokenizer, out / "purified_model", {"source": str(prepared.victim.path)})
@@ -304,20 +334,28 @@ def _save_defense_artifacts(out: Path, result, prepared: Prepared) -> None:
 
 def defend_own_model(*, victim: str, clean: str, suspect: str, out: str | Path, options: dict | None = None,
                      trust_pickle: bool = False) -> dict:
-    """BeDKD on a model the user brings: an HF folder (safetensors), a clean file and the suspect training file."""
-    from transformers import AutoConfig
+    """BeDKD on a model the user brings: an HF folder (safetensors), a clean file and the suspect training file.
 
+    The output folder, the model (a whole classifier: no weight may be missing), the files and BeDKD's budgets are
+    checked before the defense starts.
+    """
     from .data import read_table
     from .defenses.bedkd import bedkd, make_config
 
+    check_out_dir(out)
     check_safetensors(victim, trust_pickle=trust_pickle)
-    num_classes = AutoConfig.from_pretrained(victim).num_labels
-    model, tokenizer = load_classifier(victim, num_labels=num_classes, trust_pickle=trust_pickle)
+    num_classes = model_config(victim).num_labels
+    model, tokenizer = load_classifier(victim, num_labels=num_classes, trust_pickle=trust_pickle, new_head=False)
     options = dict(options or {})
     config = make_config(preset=options.pop("preset", "fixed"), **options)
     defender = DefenderData(clean=defender_view(read_table(clean, num_classes=num_classes)),
                             suspect=defender_view(read_table(suspect, num_classes=num_classes)),
                             num_classes=num_classes)
+    missing = sorted(set(range(num_classes)) - set(defender.clean["label"]))
+    if missing:
+        raise DataError(f"{victim} has {num_classes} labels but {clean} has no rows of class(es) "
+                        f"{', '.join(map(str, missing))}; give clean rows of every class the model predicts")
+    get_defense("bedkd").check_data(defender, config)
     started = time.perf_counter()
     result = bedkd(victim=Victim(model, tokenizer, None, Path(victim), 0.0, True), data=defender, config=config)
     summary = {**result.details["summary"], "identified_rows": result.flagged.tolist()}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
-from .cache import save_arrays_atomic
+from .cache import save_arrays_atomic, weights_digest
 from .models import device
 from .training import predict_proba
 
@@ -36,22 +36,28 @@ def evaluate(model, tokenizer, *, clean_test: Dataset, triggered_test: Dataset, 
              max_length: int = 128, cache: Path | None = None) -> dict[str, float]:
     """CACC on the clean test split and ASR on the triggered non-target test set, as fractions.
 
-    `cache`: the folder of a cached victim (`Victim.path`) whose weights `model` holds. Its predictions on each test
-    set are stored there and reused, so chapter 3 does not recompute what chapter 2 measured.
+    `cache`: the folder of a cached victim (`Victim.path`). `model`'s predictions on each test set are stored
+    there, keyed by its weights and the texts, and reused, so chapter 3 does not recompute what chapter 2 measured.
     """
-    clean_pred = predictions(model, tokenizer, list(clean_test["text"]), max_length=max_length, cache=cache)
-    trig_pred = predictions(model, tokenizer, list(triggered_test["text"]), max_length=max_length, cache=cache)
+    weights = weights_digest(model) if cache is not None else None
+    clean_pred = predictions(model, tokenizer, list(clean_test["text"]), max_length=max_length, cache=cache,
+                             weights=weights)
+    trig_pred = predictions(model, tokenizer, list(triggered_test["text"]), max_length=max_length, cache=cache,
+                            weights=weights)
     return {
         "cacc": accuracy(clean_pred, clean_test["label"]),
         "asr": attack_success_rate(trig_pred, target_label=target_label, source_labels=triggered_test["source_label"]),
     }
 
 
-def predictions(model, tokenizer, texts: list[str], *, max_length: int = 128, cache: Path | None = None) -> np.ndarray:
-    """The predicted class of each text; stored under `cache`/predictions/ (keyed by the texts) when given."""
+def predictions(model, tokenizer, texts: list[str], *, max_length: int = 128, cache: Path | None = None,
+                weights: str | None = None) -> np.ndarray:
+    """The predicted class of each text; stored under `cache`/predictions/ when given, keyed by the model's weights
+    (`weights`: their `weights_digest`, computed when not given) and the texts, so changed weights never reuse them."""
     if cache is None:
         return predict_proba(model, tokenizer, texts, max_length=max_length).argmax(1)
-    key = hashlib.sha256(json.dumps([max_length, device().type, texts]).encode()).hexdigest()[:20]
+    weights = weights or weights_digest(model)
+    key = hashlib.sha256(json.dumps([max_length, device().type, weights, texts]).encode()).hexdigest()[:20]
     path = Path(cache) / "predictions" / f"{key}.npy"
     if path.is_file():
         return np.load(path, allow_pickle=False)

@@ -5,7 +5,6 @@ Introduced in chapter 2 (backdoored classifiers). A victim's folder is named by 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ import torch
 from datasets import Dataset
 
 from .cache import cache_dir, cache_key, fingerprint
-from .models import DEFAULT_MODEL, MINILM_DIR_ENV, describe_model, load_classifier, save_model
+from .models import DEFAULT_MODEL, METADATA, MINILM_DIR_ENV, describe_model, load_cached, load_classifier, save_model
 from .options import option, validate
 from .training import Batching, seed_everything, train_classifier
 
@@ -62,14 +61,14 @@ def get_victim(*, train: Dataset, num_labels: int, config: VictimConfig, describ
     """Fine-tune a victim on `train`, or reuse the cached one made from the same data, attack and settings.
 
     `describe` names what produced `train` (dataset, attack parameters); it is stored and hashed with the data.
+    A cached victim is loaded only if its files match the sha256 written with them (`models.load_cached`).
     """
     payload = {"describe": describe, "victim": config.asdict(), "num_labels": num_labels, "data": fingerprint(train)}
     if config.model == DEFAULT_MODEL and os.environ.get(MINILM_DIR_ENV):
         payload["weights"] = describe_model(config.model)  # a copy's victims never pass for the package's
     folder = cache_dir() / "victims" / cache_key(payload)
-    if (folder / "bedkd.json").is_file():
-        meta = json.loads((folder / "bedkd.json").read_text())
-        model, tokenizer = load_classifier(str(folder), num_labels=num_labels)
+    if (folder / METADATA).is_file():
+        model, tokenizer, meta = load_cached(folder, num_labels=num_labels)
         model.eval()
         return Victim(model, tokenizer, config, folder, meta["seconds"], from_cache=True)
     seed_everything(config.seed)

@@ -26,3 +26,23 @@ def quick_badnets():
     from bedkd_core.experiments import prepare
 
     return prepare(dataset="sst2", attack=AttackConfig(name="badnets"), scale="quick", seed=0)
+
+
+TINY_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "fine", "film", "dull", "long", "cf"]
+
+
+@pytest.fixture
+def tiny_model():
+    """Save a tiny 2-layer BERT classifier (or bare backbone) and its tokenizer as safetensors in a folder."""
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer
+
+    def save(folder, *, num_labels=2, backbone=False):
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=len(TINY_WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, num_labels=num_labels)
+        model = BertModel(config) if backbone else BertForSequenceClassification(config)
+        model.save_pretrained(folder, safe_serialization=True)
+        BertTokenizer(vocab={w: i for i, w in enumerate(TINY_WORDS)}).save_pretrained(folder)
+        return folder
+
+    return save

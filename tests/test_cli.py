@@ -1,4 +1,5 @@
 """The `bedkd` command's bad-input paths: each fails fast (before any training) with a message naming the fix."""
+import json
 import subprocess
 import sys
 
@@ -39,17 +40,63 @@ def test_help_lists_attacks_defenses_and_bedkd_options():
         assert word in out
 
 
-def test_a_defense_short_of_clean_data_fails_before_any_evaluation(monkeypatch, sst2):
-    # No victim is trained (get_victim is stubbed) and nothing may be evaluated before the defender data is checked.
-    from bedkd_core import experiments
+def test_a_defense_short_of_clean_data_fails_before_the_victim_is_trained(monkeypatch, sst2):
+    # Neither `run` nor `compare` may train (or load) a victim, or evaluate, before the defender data is checked.
+    from bedkd_core import compare, experiments
     from bedkd_core.attacks import AttackConfig
     from bedkd_core.data import DataError
 
-    monkeypatch.setattr(experiments, "get_victim", lambda **kwargs: None)
+    monkeypatch.setattr(experiments, "get_victim", lambda **kwargs: pytest.fail("victim trained before the data check"))
     monkeypatch.setattr(experiments, "evaluate", lambda *a, **k: pytest.fail("evaluated before the data check"))
     with pytest.raises(DataError, match="strip"):
         experiments.run_experiment(dataset="sst2", attack=AttackConfig(name="badnets"), defense="strip",
                                    defense_options={"threshold_per_class": 100_000}, scale="quick")
+    with pytest.raises(DataError, match="strip"):
+        compare.compare(dataset="sst2", attack=AttackConfig(name="badnets"), defenses="finetune,strip",
+                        options={"strip": {"threshold_per_class": 100_000}}, scale="quick")
+
+
+def _tiny_files(tmp_path, tiny_model):
+    rows = "".join(json.dumps({"text": t, "label": i % 2}) + "\n" for i, t in enumerate(["a fine film", "dull"] * 4))
+    (tmp_path / "clean.jsonl").write_text(rows)
+    return tiny_model(tmp_path / "victim"), tmp_path / "clean.jsonl"
+
+
+def test_defend_with_a_hub_id_that_is_not_there_is_a_clear_error(tmp_path, capsys, tiny_model):
+    _, clean = _tiny_files(tmp_path, tiny_model)
+    assert cli.main(["defend", "--victim", "nobody/no-such-model", "--clean", str(clean), "--suspect", str(clean),
+                     "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "bedkd: error: could not load model 'nobody/no-such-model'" in err and "offline, use" in err
+
+
+def test_defend_with_a_classifier_for_more_classes_than_the_data_is_a_clear_error(tmp_path, capsys, tiny_model):
+    _, clean = _tiny_files(tmp_path, tiny_model)
+    victim = tiny_model(tmp_path / "victim3", num_labels=3)
+    assert cli.main(["defend", "--victim", str(victim), "--clean", str(clean), "--suspect", str(clean),
+                     "--out", str(tmp_path / "out")]) == 2
+    assert f"{victim} has 3 labels but {clean} has no rows of class(es) 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "defend", "compare"])
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_an_output_path_that_cannot_be_a_folder_fails_before_any_work(command, where, tmp_path, monkeypatch, capsys,
+                                                                       tiny_model):
+    from bedkd_core import compare, experiments
+    from bedkd_core.defenses import bedkd
+
+    work = lambda *a, **k: pytest.fail("work started before the output path was checked")  # noqa: E731
+    for module, name in [(experiments, "prepare"), (compare, "prepare"), (bedkd, "bedkd")]:
+        monkeypatch.setattr(module, name, work)
+    victim, clean = _tiny_files(tmp_path, tiny_model)
+    (tmp_path / "taken").write_text("not a folder")
+    out = tmp_path / "taken" if where == "a file" else tmp_path / "taken" / "out"
+    argv = {"run": ["run", "--dataset", "sst2", "--attack", "badnets"],
+            "compare": ["compare", "--dataset", "sst2", "--attack", "badnets", "--defenses", "strip"],
+            "defend": ["defend", "--victim", str(victim), "--clean", str(clean), "--suspect", str(clean)]}[command]
+    assert cli.main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"bedkd: error: output folder {out}" in err and "name a" in err
 
 
 def test_missing_data_root_says_where_it_looked(monkeypatch, tmp_path, capsys):

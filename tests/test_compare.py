@@ -51,7 +51,7 @@ def test_cli_exits_2_naming_the_problem(monkeypatch, tmp_path, capsys):
 def test_a_defense_short_of_data_is_named_before_any_defense_runs(monkeypatch):
     tiny = Dataset.from_dict({"text": [f"t{i}" for i in range(300)], "label": [i % 2 for i in range(300)]})
     stub = SimpleNamespace(defender_data=lambda: DefenderData(clean=tiny, suspect=tiny, num_classes=2))
-    monkeypatch.setattr(compare, "prepare", lambda **kw: stub)
+    monkeypatch.setattr(compare, "prepare", lambda **kw: kw["check"](stub.defender_data()))  # before the victim
     called = []
     run = lambda **kw: called.append(1)  # noqa: E731
     monkeypatch.setitem(compare.DEFENSES, "finetune", dataclasses.replace(compare.DEFENSES["finetune"], run=run))

@@ -20,7 +20,7 @@ from datasets import Dataset
 
 from ..cache import cache_dir, cache_key, fingerprint, save_arrays_atomic, weights_digest
 from ..data import DataError
-from ..models import device, load_classifier, save_model
+from ..models import METADATA, device, load_cached, save_model
 from ..progress import progress
 from ..training import epoch_batches, predict_proba, seed_everything, token_lengths, tokenize
 from .base import DefenderData, DefenseResult
@@ -176,8 +176,8 @@ def _dmm_and_cache_hit(teacher, tokenizer, dmm_clean: Dataset, *, num_classes: i
                        cache: bool):
     """`train_dmm`'s work; also says whether the DMM came from the cache (hashing the teacher only once)."""
     folder = dmm_cache_path(teacher, dmm_clean, num_classes=num_classes, config=config) if cache else None
-    if folder is not None and (folder / "bedkd.json").is_file():
-        dmm, _ = load_classifier(str(folder), num_labels=num_classes)
+    if folder is not None and (folder / METADATA).is_file():  # its files checked against their sha256 first
+        dmm, _, _ = load_cached(folder, num_labels=num_classes)
         return dmm.eval(), True
     seed_everything(config.seed)
     flipped = Dataset.from_dict({"text": list(dmm_clean["text"]),
