@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import grading, options, student, sweep
+from . import colab_copies, grading, options, student, sweep
 from .attacks import ATTACKS, AttackConfig
 from .data import NUM_CLASSES, DataError
 from .defenses import DEFENSES, get_defense
@@ -192,7 +192,7 @@ def _download(args: argparse.Namespace) -> int:
 
 
 COMMANDS = (_add_run, _add_defend, _add_compare, sweep.add_command, grading.add_command, student.add_command,
-            _add_headline, _add_download)
+            colab_copies.add_command, _add_headline, _add_download)
 """Every subcommand's `add_command`, in the order `bedkd --help` lists them."""
 
 

@@ -233,7 +233,10 @@ def test_page_html(book_html, docname):
     html = (book_html / f"{docname}.html").read_text()
     assert not page_problems(html, chapter_number(docname))
     github = REPOSITORY["url"].removeprefix("https://github.com/")
-    assert f"https://colab.research.google.com/github/{github}/blob/{REPOSITORY['branch']}/{docname}.ipynb" in html
+    colab = f"https://colab.research.google.com/github/{github}/blob/{REPOSITORY['branch']}/colab"
+    name = Path(docname).name
+    assert f"{colab}/{name}.ipynb" in html and f"{colab}/student/{name}.ipynb" in html  # the Colab copies
+    assert f"{colab.removesuffix('/colab')}/{docname}.ipynb" not in html  # not the MyST chapter itself
 
 
 @needs_chromium
