@@ -69,11 +69,14 @@ def setup(*, book_dir: str | Path) -> str:
     model = os.environ.setdefault("BEDKD_MODEL", COLAB_MODEL)
     data_dir = os.environ.setdefault("BEDKD_DATA", COLAB_DATA)
     written = fetch_data(to=data_dir)
+    import torch
+
     from .models import device
     from .training import precision
 
+    where = f"the GPU ({torch.cuda.get_device_name()})" if device().type == "cuda" else "the CPU"
     summary = (f"bedkd_core from {book_dir} ({'installed' if pip_ran else 'already installed'}); data in "
                f"{data_dir} ({f'{len(written)} files downloaded' if written else 'verified, nothing to download'}); "
-               f"model {model}; {device().type} in {precision()}")
+               f"model {model}, trained on {where} in {precision()}")
     print(summary)
     return summary

@@ -92,7 +92,7 @@ def test_setup_sets_the_colab_defaults_and_keeps_overrides(monkeypatch, clean_en
     assert os.environ["BEDKD_MODEL"] == "bert-base-uncased" and os.environ["BEDKD_DATA"] == "/content/bedkd_data"
     assert fetched == ["/content/bedkd_data"]
     assert summary == (f"bedkd_core from {tmp_path} (already installed); data in /content/bedkd_data (verified, "
-                       "nothing to download); model bert-base-uncased; cpu in fp32")
+                       "nothing to download); model bert-base-uncased, trained on the CPU in fp32")
     assert capsys.readouterr().out.strip() == summary
     monkeypatch.setenv("BEDKD_MODEL", "minilm")
     monkeypatch.setenv("BEDKD_DATA", str(tmp_path / "mine"))
