@@ -10,7 +10,11 @@
 * Executed top to bottom with nbclient inside that environment; the result says which cells failed, how many
   figures it drew, how long it took and whether `pip freeze` changed for the packages Colab must keep.
 
-    python benchmarks/colab_sim.py [--chapter 02_backdoored_classifiers ...] [--json results/benchmarks/colab.json]
+    python benchmarks/colab_sim.py [--chapter 02_backdoored_classifiers ...] [--shared-cache] [--keep DIR]
+                                   [--json results/benchmarks/colab.json]
+
+Without --shared-cache each chapter starts from an empty victim cache, as in a new Colab runtime: the times
+written to --json are what a reader waits (the Colab copies' notes quote them).
 """
 from __future__ import annotations
 
@@ -203,16 +207,17 @@ def _outputs(executed: Path) -> tuple[list[str], int, list[str], str]:
     return errors, figures, stderr, printed
 
 
-def simulate(copies: list[Path], *, data: Path, cache: Path, keep: Path | None = None) -> list[ChapterRun]:
+def simulate(copies: list[Path], *, data: Path, cache: Path | None, keep: Path | None = None) -> list[ChapterRun]:
     """Run notebooks (Colab copies) one after another in the simulated runtime, each as a fresh reader; one
-    ChapterRun each. bedkd_core is uninstalled first, so the first setup cell installs it as in a new runtime."""
+    ChapterRun each. bedkd_core is uninstalled first, so the first setup cell installs it as in a new runtime.
+    `cache`: the victim cache they share; None gives each its own empty one, as in a new Colab runtime."""
     python = build_venv()
     subprocess.run([python, "-m", "pip", "uninstall", "-q", "-y", "bedkd_core"], capture_output=True)
     with tempfile.TemporaryDirectory(prefix="colab-sim-") as tmp:
         scratch = Path(tmp)
         origin = serve_head(scratch)
-        return [run_chapter(python, copy, origin=origin, data=data, cache=cache, scratch=scratch, keep=keep)
-                for copy in copies]
+        return [run_chapter(python, copy, origin=origin, data=data, cache=cache or scratch / f"cache-{copy.stem}",
+                            scratch=scratch, keep=keep) for copy in copies]
 
 
 def colab_copies(chapters: list[str] | None = None) -> list[Path]:
@@ -226,13 +231,16 @@ def main() -> None:
     parser.add_argument("--chapter", action="append", help="only this Colab copy (its stem; repeatable)")
     parser.add_argument("--json", type=Path, help="write each chapter's time with provenance to this file")
     parser.add_argument("--keep", type=Path, help="copy the executed notebooks into this folder")
+    parser.add_argument("--shared-cache", action="store_true",
+                        help="share this machine's victim cache (default: an empty one per chapter, as a reader has)")
     args = parser.parse_args()
     from bedkd_core.data import data_root
     from bedkd_core.cache import cache_dir
     from bedkd_core.store import provenance, write_json_atomic
 
     start_info = provenance()
-    runs = simulate(colab_copies(args.chapter), data=data_root(), cache=cache_dir(), keep=args.keep)
+    cache = cache_dir() if args.shared_cache else None
+    runs = simulate(colab_copies(args.chapter), data=data_root(), cache=cache, keep=args.keep)
     for run in runs:
         state = "ok" if run.ok else f"FAILED {run.errors} {run.freeze_changes}"
         print(f"{run.chapter}: {run.seconds:7.1f} s, {run.figures} figures, {len(run.stderr)} stderr outputs, {state}")
@@ -240,6 +248,7 @@ def main() -> None:
         chapters = {r.chapter: {"seconds": r.seconds, "figures": r.figures, "ok": r.ok} for r in runs}
         write_json_atomic(args.json, {"chapters": chapters, "versions": COLAB_VERSIONS,
                                       "backbone": "minilm", "scale": "quick", "cpu_count": os.cpu_count(),
+                                      "victim_cache": "shared" if args.shared_cache else "empty per chapter",
                                       "provenance": start_info})
     sys.exit(0 if all(r.ok for r in runs) else 1)
 
