@@ -35,6 +35,8 @@ DESCRIPTION = ("Write Colab copies of the book's notebooks (every notebook in _t
 COLAB_DIR = "colab"
 TIMINGS = Path("results") / "benchmarks" / "colab.json"
 NOTE_ID = "bedkd-colab-note"
+CACHES = {"empty per chapter": "from an empty cache", "shared": "reusing victims cached by other chapters"}
+"""How the timings file's `victim_cache` reads in a note."""
 CHAPTERS_DIR = "chapters"
 
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|:{3,})\s*\{(?P<name>[\w-]+)\}\s*(?P<title>.*?)\s*$")
@@ -130,9 +132,10 @@ def quick_run_line(root: Path, stem: str) -> str:
     if not run:
         return "Its quick run on a CPU runtime has not been timed yet."
     where = runs["provenance"]
-    return (f"Its quick run took about {math.ceil(run['seconds'] / 60)} min ({run['seconds']:.0f} s) top to bottom on "
-            f"a {runs['cpu_count']}-core CPU with the MiniLM backbone, measured in a Colab-like runtime at commit "
-            f"{where['git_commit'][:7]} on {where['date'][:10]}.")
+    threads = "one CPU thread" if runs["threads"] == 1 else f"{runs['threads']} CPU threads"
+    return (f"Its quick run with that backbone took about {math.ceil(run['seconds'] / 60)} min ({run['seconds']:.0f} s) "
+            f"top to bottom on {threads}, {CACHES[runs['victim_cache']]}, in a Colab-like runtime (commit "
+            f"{where['git_commit'][:7]}, {where['date'][:10]}).")
 
 
 def _note(root: Path, label: str, *, student_copy: str | None) -> str:

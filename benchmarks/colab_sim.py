@@ -53,6 +53,9 @@ COLAB_VERSIONS = {
 """Colab's versions (googlecolab/backend-info, August 2026) where PyPI has them for this Python; nbclient runs
 the notebook from inside the environment."""
 
+THREADS = 1
+"""CPU threads a chapter's kernel gets (OMP_NUM_THREADS): a Colab CPU runtime's 2 virtual cores share one core."""
+
 KEPT = ("torch", "numpy", "pandas", "ipywidgets")
 """What installing bedkd_core must leave exactly as Colab has it."""
 
@@ -168,7 +171,7 @@ def run_chapter(python: Path, copy: Path, *, origin: Path | None, data: Path, ca
     home = reader_home(folder, origin)
     env = {"HOME": str(home), "PATH": f"{python.parent}:/usr/bin:/bin", "LANG": "C.UTF-8",
            "BEDKD_BOOK_DIR": str(content / "bedkd-book"), "BEDKD_DATA": str(data), "BEDKD_CACHE": str(cache),
-           "BEDKD_MODEL": "minilm", "BEDKD_SCALE": "quick", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "BEDKD_MODEL": "minilm", "BEDKD_SCALE": "quick", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(THREADS),
            "PIP_CACHE_DIR": str(python.parents[2] / "pip-cache"), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
            "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     env.update({k: v for k, v in os.environ.items() if k.startswith("PIP_") and k not in env})  # the local index
@@ -247,7 +250,7 @@ def main() -> None:
     if args.json:
         chapters = {r.chapter: {"seconds": r.seconds, "figures": r.figures, "ok": r.ok} for r in runs}
         write_json_atomic(args.json, {"chapters": chapters, "versions": COLAB_VERSIONS,
-                                      "backbone": "minilm", "scale": "quick", "cpu_count": os.cpu_count(),
+                                      "backbone": "minilm", "scale": "quick", "threads": THREADS,
                                       "victim_cache": "shared" if args.shared_cache else "empty per chapter",
                                       "provenance": start_info})
     sys.exit(0 if all(r.ok for r in runs) else 1)

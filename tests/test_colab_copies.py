@@ -85,14 +85,15 @@ def test_generate_check_and_the_timing_note(tmp_path, capsys):
 
     timings = root / colab_copies.TIMINGS
     timings.parent.mkdir(parents=True)
-    timings.write_text(json.dumps({"chapters": {"04_dmm": {"seconds": 130.4}}, "cpu_count": 2,
+    timings.write_text(json.dumps({"chapters": {"04_dmm": {"seconds": 130.4}}, "threads": 1, "victim_cache": "empty per chapter",
                                    "provenance": {"git_commit": "abcdef1234", "date": "2026-12-01T10:00:00Z"}}))
     capsys.readouterr()
     assert colab_copies.main(["--root", str(root), "--check"]) == 1  # the copies follow the timings file
     assert "04_dmm.ipynb: differs from the Colab copy of its chapter" in capsys.readouterr().err
     colab_copies.generate(root=root)
     note = "".join(json.loads((root / "colab" / "04_dmm.ipynb").read_text())["cells"][1]["source"])
-    assert "took about 3 min (130 s) top to bottom on a 2-core CPU" in note and "commit abcdef1 on 2026-12-01" in note
+    assert "took about 3 min (130 s) top to bottom on one CPU thread, from an empty cache" in note
+    assert "(commit abcdef1, 2026-12-01)" in note
 
 
 def test_the_bedkd_command_writes_colab_copies(tmp_path):
