@@ -212,14 +212,8 @@ def add_command(subparsers) -> None:
     """Register `colab-copies` on the `bedkd` command's subparsers."""
     parser = subparsers.add_parser("colab-copies", help="write Colab copies of the chapters (plain Markdown)",
                                    description=DESCRIPTION)
-    _add_arguments(parser)
+    student.add_copy_arguments(parser, folder=COLAB_DIR)
     parser.set_defaults(handler=run_command)
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default=None, help="folder for the copies (default: colab/ in the book)")
-    parser.add_argument("--root", default=None, help="the book's folder, holding _toc.yml (default: this repository)")
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 naming the stale files")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -231,7 +225,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bedkd colab-copies", description=DESCRIPTION)
-    _add_arguments(parser)
+    student.add_copy_arguments(parser, folder=COLAB_DIR)
     return run_command(parser.parse_args(argv))
 
 

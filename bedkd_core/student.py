@@ -378,12 +378,13 @@ def add_command(subparsers) -> None:
     """Register `student-copies` on the `bedkd` command's subparsers."""
     parser = subparsers.add_parser("student-copies", help="write student copies of the chapters (solutions removed)",
                                    description=DESCRIPTION)
-    _add_arguments(parser)
+    add_copy_arguments(parser, folder="student")
     parser.set_defaults(handler=run_command)
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default=None, help="folder for the copies (default: student/ in the book)")
+def add_copy_arguments(parser: argparse.ArgumentParser, *, folder: str) -> None:
+    """--out (default: `folder` in the book), --root and --check: the options of a command that writes copies."""
+    parser.add_argument("--out", default=None, help=f"folder for the copies (default: {folder}/ in the book)")
     parser.add_argument("--root", default=None, help="the book's folder, holding _toc.yml (default: this repository)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 naming the stale files")
 
@@ -397,7 +398,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bedkd student-copies", description=DESCRIPTION)
-    _add_arguments(parser)
+    add_copy_arguments(parser, folder="student")
     return run_command(parser.parse_args(argv))
 
 
