@@ -26,6 +26,34 @@ def check_setup() -> Path:
         raise SystemExit(f"{err}") from None
 
 
+PAGES_CLASS = "bedkd-pages"
+PAGES_STYLE = (f"<style>.{PAGES_CLASS} > .p-TabBar, .{PAGES_CLASS} > .lm-TabBar {{display: none !important;}} "
+               f".{PAGES_CLASS} > .widget-tab-contents {{border: none !important; padding: 0 !important;}}</style>")
+"""Hides the tab bar of `choice_view`'s pages (ipywidgets 7 draws it with phosphor classes, 8 with lumino's)."""
+
+
+def choice_view(control, pages: list[str]):
+    """`control` (a Dropdown, SelectionSlider: a widget with options and an `index`) showing one of `pages` (HTML).
+
+    Every page is computed beforehand, so the view works without a kernel (a JS link, saved with the page) and with
+    one (a Python link as well: Colab's front end may ignore JS links), on ipywidgets 7.7 (Colab's) and 8. The pages
+    sit in a Tab whose tab bar is hidden (titled with the control's labels, should a front end show it anyway):
+    `Stack`, made for this, is ipywidgets 8 only.
+    """
+    import ipywidgets as widgets
+
+    labels = list(control._options_labels)
+    if len(labels) != len(pages):
+        raise ValueError(f"{len(labels)} options but {len(pages)} pages")
+    tab = widgets.Tab(children=[widgets.HTML(PAGES_STYLE + page) for page in pages], selected_index=control.index)
+    for i, label in enumerate(labels):
+        tab.set_title(i, label)
+    tab.add_class(PAGES_CLASS)
+    widgets.jslink((control, "index"), (tab, "selected_index"))
+    widgets.link((control, "index"), (tab, "selected_index"))
+    return widgets.VBox([control, tab])
+
+
 def results_frame(grid: str, *, expected: list[tuple[str, str, str]] | None = None) -> pd.DataFrame:
     """One row per cell (dataset, attack, defense, seed): metrics as fractions, timings and provenance.
 

@@ -12,7 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import grading, options, student, sweep
+from . import colab_copies, grading, options, student, sweep
 from .attacks import ATTACKS, AttackConfig
 from .data import NUM_CLASSES, DataError, DataWarning
 from .defenses import DEFENSES, get_defense
@@ -193,7 +193,7 @@ def _download(args: argparse.Namespace) -> int:
 
 
 COMMANDS = (_add_run, _add_defend, _add_compare, sweep.add_command, grading.add_command, student.add_command,
-            _add_headline, _add_download)
+            colab_copies.add_command, _add_headline, _add_download)
 """Every subcommand's `add_command`, in the order `bedkd --help` lists them."""
 
 

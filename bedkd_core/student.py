@@ -135,7 +135,7 @@ def strip_solutions(markdown: str, *, gated: bool = False) -> tuple[str, bool, b
         match = _FENCE_OPEN.match(lines[i])
         name = match.group("name") if match else None
         if name in ("solution", "solution-start", "solution-end"):
-            i = _after_fence(lines, i, match.group("fence"))
+            i = after_fence(lines, i, match.group("fence"))
             gated, removed = name == "solution-start", True
             continue
         if not gated:
@@ -146,7 +146,7 @@ def strip_solutions(markdown: str, *, gated: bool = False) -> tuple[str, bool, b
     return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip("\n"), gated, True
 
 
-def _after_fence(lines: list[str], i: int, fence: str) -> int:
+def after_fence(lines: list[str], i: int, fence: str) -> int:
     """The index after the fence that closes the block opened on line i (CommonMark: same char, as long or longer)."""
     close = re.compile(rf"^\s*{re.escape(fence[0])}{{{len(fence)},}}\s*$")
     for j in range(i + 1, len(lines)):
@@ -161,7 +161,7 @@ def _tags(cell: dict) -> list[str]:
     return list((cell.get("metadata") or {}).get("tags") or [])
 
 
-def _source(cell: dict) -> str:
+def source_text(cell: dict) -> str:
     source = cell.get("source", "")
     return "".join(source) if isinstance(source, list) else str(source)
 
@@ -176,7 +176,7 @@ def make_student_copy(nb: dict, *, source: str | None = None) -> dict:
             if SOLUTION_TAG in tags:
                 changed = True
                 continue
-            text, gated, removed = strip_solutions(_source(cell), gated=gated)
+            text, gated, removed = strip_solutions(source_text(cell), gated=gated)
             if removed:
                 changed = True
                 if not text.strip():
@@ -187,7 +187,7 @@ def make_student_copy(nb: dict, *, source: str | None = None) -> dict:
             continue
         elif kind == "code" and SOLUTION_TAG in tags:
             try:
-                cell["source"] = stub_code(_source(cell))
+                cell["source"] = stub_code(source_text(cell))
             except SyntaxError as err:
                 where = f"{source}: " if source else ""
                 raise StudentCopyError(f"{where}cell {index} (tagged {SOLUTION_TAG}) does not parse as Python "
@@ -274,9 +274,9 @@ def toc_notebooks(root: str | Path | None = None) -> list[Path]:
     return paths
 
 
-def _expected(chapters: list[Path], root: Path) -> dict[str, str]:
-    """student file name → its rendered content."""
-    out = {}
+def read_chapters(chapters: list[Path], root: Path) -> list[tuple[Path, str, dict]]:
+    """(path, path relative to the book, notebook) of each chapter; a StudentCopyError names one that is unreadable."""
+    out = []
     for chapter in chapters:
         try:
             nb = json.loads(chapter.read_text(encoding="utf-8"))
@@ -286,8 +286,14 @@ def _expected(chapters: list[Path], root: Path) -> dict[str, str]:
             label = chapter.resolve().relative_to(root.resolve()).as_posix()
         except ValueError:
             label = chapter.name
-        out[chapter.name] = render(make_student_copy(nb, source=label))
+        out.append((chapter, label, nb))
     return out
+
+
+def _expected(out_dir: Path, chapters: list[Path], root: Path) -> dict[Path, str]:
+    """student file → its rendered content."""
+    return {out_dir / path.name: render(make_student_copy(nb, source=label))
+            for path, label, nb in read_chapters(chapters, root)}
 
 
 def _resolve(out_dir, root, chapters) -> tuple[Path, Path, list[Path]]:
@@ -297,38 +303,73 @@ def _resolve(out_dir, root, chapters) -> tuple[Path, Path, list[Path]]:
     return out_dir, root, chapters
 
 
-def stale_files(out_dir=None, *, root=None, chapters=None) -> list[str]:
-    """What is out of sync in `out_dir`: missing, differing, or extra student notebooks (empty when in sync)."""
-    out_dir, root, chapters = _resolve(out_dir, root, chapters)
-    expected = _expected(chapters, root)
+def stale_paths(expected: dict[Path, str], folders: list[Path], *, kind: str) -> list[str]:
+    """What is out of sync: `expected` files (path → content) missing or differing, or other notebooks in `folders`."""
     problems = []
-    for name, content in expected.items():
-        path = out_dir / name
+    for path, content in expected.items():
         if not path.is_file():
             problems.append(f"{path}: missing")
         elif path.read_text(encoding="utf-8") != content:
-            problems.append(f"{path}: differs from the student copy of its chapter")
-    for path in sorted(out_dir.glob("*.ipynb")) if out_dir.is_dir() else []:
-        if path.name not in expected:
-            problems.append(f"{path}: no chapter of that name in _toc.yml")
+            problems.append(f"{path}: differs from the {kind} of its chapter")
+    for folder in folders:
+        for path in sorted(folder.glob("*.ipynb")) if folder.is_dir() else []:
+            if path not in expected:
+                problems.append(f"{path}: no chapter of that name in _toc.yml")
     return problems
+
+
+def write_paths(expected: dict[Path, str], folders: list[Path]) -> list[Path]:
+    """Write the `expected` files that are missing or differ, remove other notebooks in `folders`; the files written."""
+    written = []
+    for path, content in expected.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_file() or path.read_text(encoding="utf-8") != content:
+            path.write_text(content, encoding="utf-8")
+            written.append(path)
+    for folder in folders:
+        for path in sorted(folder.glob("*.ipynb")):
+            if path not in expected:
+                path.unlink()
+    return written
+
+
+def stale_files(out_dir=None, *, root=None, chapters=None) -> list[str]:
+    """What is out of sync in `out_dir`: missing, differing, or extra student notebooks (empty when in sync)."""
+    out_dir, root, chapters = _resolve(out_dir, root, chapters)
+    return stale_paths(_expected(out_dir, chapters, root), [out_dir], kind="student copy")
 
 
 def generate(out_dir=None, *, root=None, chapters=None) -> list[Path]:
     """Write the student copies into `out_dir` (default <book>/student); remove stale ones. The files written."""
     out_dir, root, chapters = _resolve(out_dir, root, chapters)
-    expected = _expected(chapters, root)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, content in expected.items():
-        path = out_dir / name
-        if not path.is_file() or path.read_text(encoding="utf-8") != content:
-            path.write_text(content, encoding="utf-8")
-            written.append(path)
-    for path in sorted(out_dir.glob("*.ipynb")):
-        if path.name not in expected:
-            path.unlink()
-    return written
+    return write_paths(_expected(out_dir, chapters, root), [out_dir])
+
+
+def sync_command(*, check: bool, find_stale, write, what: str, command: str) -> int:
+    """`command`'s exit code: 0 written or in sync; 1 when `check` finds `what` stale; 2 when a chapter can't be copied.
+
+    `find_stale` (the problems) and `write` (the files written) take no arguments. A chapter that cannot be copied
+    is reported as `<command>: error: …`.
+    """
+    try:
+        if check:
+            problems = find_stale()
+            if problems:
+                print(f"{what} are out of date (run `{command}`):", file=sys.stderr)
+                for problem in problems:
+                    print(f"  {problem}", file=sys.stderr)
+                return 1
+            print(f"{what} are up to date")
+            return 0
+        written = write()
+    except StudentCopyError as err:
+        print(f"{command}: error: {err}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    if not written:
+        print(f"{what} are up to date")
+    return 0
 
 
 # ---------------------------------------------------------------- command line
@@ -337,44 +378,27 @@ def add_command(subparsers) -> None:
     """Register `student-copies` on the `bedkd` command's subparsers."""
     parser = subparsers.add_parser("student-copies", help="write student copies of the chapters (solutions removed)",
                                    description=DESCRIPTION)
-    _add_arguments(parser)
+    add_copy_arguments(parser, folder="student")
     parser.set_defaults(handler=run_command)
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default=None, help="folder for the copies (default: student/ in the book)")
+def add_copy_arguments(parser: argparse.ArgumentParser, *, folder: str) -> None:
+    """--out (default: `folder` in the book), --root and --check: the options of a command that writes copies."""
+    parser.add_argument("--out", default=None, help=f"folder for the copies (default: {folder}/ in the book)")
     parser.add_argument("--root", default=None, help="the book's folder, holding _toc.yml (default: this repository)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 naming the stale files")
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """0 when written or in sync; 1 when --check finds stale copies; 2 when a chapter cannot be copied.
-
-    A chapter that cannot be copied is reported here as `bedkd student-copies: error: …`, not raised."""
-    try:
-        if args.check:
-            problems = stale_files(args.out, root=args.root)
-            if problems:
-                print("student copies are out of date (run `bedkd student-copies`):", file=sys.stderr)
-                for problem in problems:
-                    print(f"  {problem}", file=sys.stderr)
-                return 1
-            print("student copies are up to date")
-            return 0
-        written = generate(args.out, root=args.root)
-    except StudentCopyError as err:
-        print(f"bedkd student-copies: error: {err}", file=sys.stderr)
-        return 2
-    for path in written:
-        print(f"wrote {path}")
-    if not written:
-        print("student copies are up to date")
-    return 0
+    """0 when written or in sync; 1 when --check finds stale copies; 2 when a chapter cannot be copied."""
+    return sync_command(check=args.check, find_stale=lambda: stale_files(args.out, root=args.root),
+                        write=lambda: generate(args.out, root=args.root), what="student copies",
+                        command="bedkd student-copies")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bedkd student-copies", description=DESCRIPTION)
-    _add_arguments(parser)
+    add_copy_arguments(parser, folder="student")
     return run_command(parser.parse_args(argv))
 
 

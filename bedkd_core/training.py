@@ -26,6 +26,33 @@ def seed_everything(seed: int) -> None:
 Batching = Literal["shuffle", "by_length"]
 """How batches are cut (`VictimConfig.batching`, `BeDKDConfig.batching`)."""
 
+Precision = Literal["bf16", "fp16", "fp32"]
+"""How a model trains: bf16 or fp16 autocast on a GPU, plain fp32 on the CPU."""
+
+
+def precision(dev: torch.device | None = None) -> Precision:
+    """The precision to train in on `dev` (default `device()`).
+
+    bf16 on a GPU of compute capability 8 or more (Ampere and later), fp16 on an older one (a T4 is 7.5: bf16 is
+    emulated there, fp16 is native), fp32 on the CPU, where the numbers stay exactly reproducible.
+    """
+    dev = device() if dev is None else dev
+    if dev.type != "cuda":
+        return "fp32"
+    major, _ = torch.cuda.get_device_capability(dev)
+    return "bf16" if major >= 8 else "fp16"
+
+
+def autocast(mode: Precision) -> torch.autocast:
+    """The autocast context of `mode` for forward passes; a no-op in fp32."""
+    dtype = torch.float16 if mode == "fp16" else torch.bfloat16
+    return torch.autocast("cuda", dtype=dtype, enabled=mode != "fp32")
+
+
+def grad_scaler(mode: Precision) -> torch.amp.GradScaler:
+    """The gradient scaler of `mode`: active in fp16 only (bf16 and fp32 need none; disabled it passes through)."""
+    return torch.amp.GradScaler("cuda", enabled=mode == "fp16")
+
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
     """One padded, truncated batch of `texts`, on `device()`."""
@@ -34,13 +61,15 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Te
 
 
 def train_classifier(model, tokenizer, data: Dataset, *, config, desc: str = "fine-tune") -> None:
-    """Plain supervised fine-tuning with AdamW; shuffles with the config's seed.
+    """Plain supervised fine-tuning with AdamW in `precision()`; shuffles with the config's seed.
 
     `config` is duck-typed (a `victim.VictimConfig` or anything alike): only its `epochs`, `learning_rate`,
     `batch_size`, `max_length`, `seed` and `batching` are read.
     """
     seed_everything(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    mode = precision()
+    scaler = grad_scaler(mode)
     texts, labels = list(data["text"]), list(data["label"])
     order_rng = np.random.default_rng(config.seed)
     lengths = token_lengths(tokenizer, texts, max_length=config.max_length) if config.batching == "by_length" else None
@@ -51,9 +80,12 @@ def train_classifier(model, tokenizer, data: Dataset, *, config, desc: str = "fi
             for rows in epoch_batches(len(texts), batch_size=config.batch_size, rng=order_rng, lengths=lengths):
                 batch = tokenize(tokenizer, [texts[i] for i in rows], config.max_length)
                 target = torch.tensor([labels[i] for i in rows], device=device())
-                loss = torch.nn.functional.cross_entropy(model(**batch).logits, target)
-                loss.backward()
-                optimizer.step()
+                with autocast(mode):
+                    logits = model(**batch).logits
+                loss = torch.nn.functional.cross_entropy(logits.float(), target)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 optimizer.zero_grad()
                 bar.update(1)
     model.eval()

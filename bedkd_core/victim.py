@@ -16,7 +16,7 @@ from datasets import Dataset
 from .cache import cache_dir, cache_key, fingerprint
 from .models import DEFAULT_MODEL, METADATA, MINILM_DIR_ENV, describe_model, load_cached, load_classifier, save_model
 from .options import option, validate
-from .training import Batching, seed_everything, train_classifier
+from .training import Batching, precision, seed_everything, train_classifier
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ def get_victim(*, train: Dataset, num_labels: int, config: VictimConfig, describ
     payload = {"describe": describe, "victim": config.asdict(), "num_labels": num_labels, "data": fingerprint(train)}
     if config.model == DEFAULT_MODEL and os.environ.get(MINILM_DIR_ENV):
         payload["weights"] = describe_model(config.model)  # a copy's victims never pass for the package's
+    if precision() != "fp32":
+        payload["precision"] = precision()  # a GPU's mixed-precision victim; CPU keys are unchanged
     folder = cache_dir() / "victims" / cache_key(payload)
     if (folder / METADATA).is_file():
         model, tokenizer, meta = load_cached(folder, num_labels=num_labels)

@@ -3,11 +3,13 @@
 The rules depend on the chapter number NN of chapters/NN_name: no page shows error output, loads a
 script from a CDN or shows an uncollapsed solution; every chapter has a Colab link (back-matter pages
 without a number, such as the notation and the bibliography, have none); chapters 02+ show figures;
-chapters 03+ carry widget state that headless Chromium draws offline from the vendored JS. A scratch
-chapter 03, built in a temporary copy of the book, shows that these checks pass on a good page and catch
-broken ones.
+chapters 03+ carry widget state that headless Chromium draws offline from the vendored JS, and every menu or
+slider among them changes what the page shows without a kernel. A scratch chapter 03, built in a temporary
+copy of the book, shows that these checks pass on a good page and catch broken ones.
 Screenshots of every page land in screenshots/.
 """
+import html
+import json
 import os
 import re
 import shutil
@@ -99,6 +101,72 @@ def undrawn_widgets(page: Path) -> list[str]:
     return [] if drawn >= views else [f"widget views: {views}, drawn: {drawn}"]
 
 
+WIDGET_PROBE_JS = r"""
+(function () {
+  // For every widget view with a menu or slider: move it one step as a reader would (a change event, an arrow
+  // key) and record whether what the view shows, besides the control itself, changed. No kernel is running.
+  const wait = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  async function probe() {
+    await wait(3000);
+    const results = [];
+    const views = document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]');
+    for (const [view, script] of [...views].entries()) {
+      const drawn = script.previousElementSibling;  // the embed manager draws each view just before its script
+      const area = drawn && drawn.classList.contains("widget-subarea") ? drawn : script.parentElement;
+      const select = area.querySelector("select");
+      const handle = area.querySelector(".noUi-handle");
+      if (!select && !handle) { results.push({view, control: null}); continue; }
+      const box = (select || handle).closest(".widget-dropdown, .widget-slider") || select || handle;
+      const shown = () => area.innerText.replace(box.innerText, "").trim();
+      const position = () => (select ? String(select.selectedIndex) : handle.getAttribute("aria-valuenow"));
+      const [before, control] = [shown(), position()];
+      if (select) {
+        select.selectedIndex = (select.selectedIndex + 1) % select.options.length;
+        select.dispatchEvent(new Event("change", {bubbles: true}));
+      } else {
+        const atEnd = handle.getAttribute("aria-valuenow") === handle.getAttribute("aria-valuemax");
+        const [key, code] = atEnd ? ["ArrowLeft", 37] : ["ArrowRight", 39];
+        handle.dispatchEvent(new KeyboardEvent("keydown", {key, keyCode: code, which: code, bubbles: true}));
+      }
+      await wait(500);
+      results.push({view, control: select ? "dropdown" : "slider", moved: position() !== control,
+                    changed: shown() !== before, before: before.slice(0, 160), after: shown().slice(0, 160)});
+    }
+    const out = document.createElement("pre");
+    out.id = "bedkd-widget-probe";
+    out.textContent = JSON.stringify(results);
+    document.body.appendChild(out);
+  }
+  window.addEventListener("load", probe);
+})();
+"""
+
+
+def widget_switches(page: Path) -> list[dict]:
+    """What each widget view of `page` does when its menu or slider moves, on the static page (no kernel)."""
+    probed = page.with_name(f"{page.stem}_probed.html")
+    probed.write_text(page.read_text().replace("</body>", f"<script>{WIDGET_PROBE_JS}</script></body>", 1))
+    dom = chromium(probed, "--dump-dom")
+    found = re.search(r'<pre id="bedkd-widget-probe">(.*?)</pre>', dom, re.DOTALL)
+    assert found, f"the widget probe did not finish on {page.name}"
+    return json.loads(html.unescape(found.group(1)))
+
+
+def static_widget_problems(page: Path) -> list[str]:
+    """Problems if a widget view's control moves nothing but itself (it needs a kernel), or cannot be moved."""
+    views = [v for v in widget_switches(page) if v["control"]]
+    if not views:
+        return ["no widget view with a menu or slider"]
+    problems = []
+    for v in views:
+        if not v["moved"]:
+            problems.append(f"view {v['view']}: the {v['control']} did not move")
+        elif not v["changed"]:
+            problems.append(f"view {v['view']}: moving the {v['control']} changes nothing else (it needs a kernel: "
+                            "precompute its states with book.choice_view)")
+    return problems
+
+
 def screenshot(page: Path, name: str) -> Path:
     """Save what a reader sees of the page (its top 1280 x 8000 pixels) as screenshots/<name>.png."""
     SCREENSHOTS.mkdir(exist_ok=True)
@@ -137,6 +205,19 @@ def probe_page(vendored_js, tmp_path_factory) -> Path:
                 'ipywidgets.VBox([ipywidgets.IntSlider(value=7, description="steps"), '
                 'ipywidgets.Button(description="run", icon="check")])'
             ),
+            nbformat.v4.new_code_cell(  # precomputed states: both controls work on the static page
+                "from bedkd_core import book\n\n"
+                'menu = ipywidgets.Dropdown(options=["one", "two"], description="menu")\n'
+                'display(book.choice_view(menu, ["<p>page ONE</p>", "<p>page TWO</p>"]))\n'
+                'slider = ipywidgets.SelectionSlider(options=[1, 2, 3], value=3, description="k")\n'
+                'book.choice_view(slider, [f"<p>k is {k}</p>" for k in (1, 2, 3)])'
+            ),
+            nbformat.v4.new_code_cell(  # a Python callback: does nothing without a kernel
+                'shown = ipywidgets.HTML("<p>value 1</p>")\n'
+                'callback = ipywidgets.IntSlider(value=1, min=1, max=5, description="callback")\n'
+                'callback.observe(lambda change: setattr(shown, "value", f"<p>value {change.new}</p>"), "value")\n'
+                "ipywidgets.VBox([callback, shown])"
+            ),
         ],
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
     )
@@ -157,7 +238,10 @@ def test_page_html(book_html, docname):
     if chapter_number(docname) is None:
         return  # a MyST page, not a notebook: nothing to open in Colab
     github = REPOSITORY["url"].removeprefix("https://github.com/")
-    assert f"https://colab.research.google.com/github/{github}/blob/{REPOSITORY['branch']}/{docname}.ipynb" in html
+    colab = f"https://colab.research.google.com/github/{github}/blob/{REPOSITORY['branch']}/colab"
+    name = Path(docname).name
+    assert f"{colab}/{name}.ipynb" in html and f"{colab}/student/{name}.ipynb" in html  # the Colab copies
+    assert f"{colab.removesuffix('/colab')}/{docname}.ipynb" not in html  # not the MyST chapter itself
 
 
 @needs_chromium
@@ -167,6 +251,7 @@ def test_page_renders(book_html, docname):
     screenshot(page, Path(docname).name)
     if (chapter_number(docname) or 0) >= 3:
         assert not undrawn_widgets(page)
+        assert not static_widget_problems(page)
 
 
 def test_checks_pass_on_the_probe_chapter(probe_page):
@@ -196,4 +281,18 @@ def test_probe_widgets_are_drawn_offline(probe_page):
     without_requirejs = probe_page.with_name("03_widget_probe_without_requirejs.html")
     without_requirejs.write_text(re.sub(r'<script src="[^"]*widgets/require\.js[^"]*"></script>', "",
                                         probe_page.read_text()))
-    assert undrawn_widgets(without_requirejs) == ["widget views: 1, drawn: 0"]
+    assert undrawn_widgets(without_requirejs) == ["widget views: 4, drawn: 0"]
+
+
+@needs_chromium
+def test_the_widget_probe_tells_precomputed_widgets_from_callbacks(probe_page):
+    views = {v["view"]: v for v in widget_switches(probe_page)}
+    assert [views[i]["control"] for i in range(4)] == ["slider", "dropdown", "slider", "slider"]
+    assert views[1]["changed"] and "page TWO" in views[1]["after"] and "page ONE" in views[1]["before"]
+    assert views[2]["changed"] and "k is 2" in views[2]["after"]  # at its end, the slider steps back
+    assert static_widget_problems(probe_page) == [
+        "view 0: moving the slider changes nothing else (it needs a kernel: precompute its states with "
+        "book.choice_view)",
+        "view 3: moving the slider changes nothing else (it needs a kernel: precompute its states with "
+        "book.choice_view)",
+    ]

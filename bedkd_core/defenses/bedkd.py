@@ -22,7 +22,8 @@ from ..cache import cache_dir, cache_key, fingerprint, save_arrays_atomic, weigh
 from ..data import DataError
 from ..models import METADATA, device, load_cached, save_model
 from ..progress import progress
-from ..training import epoch_batches, predict_proba, seed_everything, token_lengths, tokenize
+from ..training import (autocast, epoch_batches, grad_scaler, precision, predict_proba, seed_everything,
+                        token_lengths, tokenize)
 from .base import DefenderData, DefenseResult
 from .bedkd_config import PRESETS, BeDKDConfig, configure, make_config
 
@@ -56,11 +57,6 @@ def distillation_loss(*, student_logits, teacher_logits, student_hidden, teacher
 
 # ---------------------------------------------------------------- batches with a frozen teacher
 
-def _autocast():
-    """bf16 autocast on CUDA; a no-op on CPU, where the numbers stay exactly reproducible."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device().type == "cuda")
-
-
 @dataclass
 class _Batch:
     inputs: dict
@@ -72,7 +68,7 @@ class _Batch:
         """(logits, last hidden states) of the frozen teacher: cached once, or recomputed (reference schedule)."""
         if self.cached is not None:
             return self.cached
-        with torch.no_grad(), _autocast():
+        with torch.no_grad(), autocast(precision()):
             out = self.teacher(**self.inputs, output_hidden_states=True)
         return out.logits.float(), out.hidden_states[-1].float()
 
@@ -93,9 +89,10 @@ def _fixed_batches(teacher, tokenizer, data: Dataset, *, config: BeDKDConfig, se
     return batches
 
 
-def _distill_step(student, optimizer, batch: _Batch, *, temperature: float, config: BeDKDConfig, sign: int) -> float:
+def _distill_step(student, optimizer, batch: _Batch, *, scaler: torch.amp.GradScaler, temperature: float,
+                  config: BeDKDConfig, sign: int) -> float:
     teacher_logits, teacher_hidden = batch.teacher_outputs()
-    with _autocast():
+    with autocast(precision()):
         out = student(**batch.inputs, output_hidden_states=True)
     loss = distillation_loss(
         student_logits=out.logits.float(), teacher_logits=teacher_logits, student_hidden=out.hidden_states[-1].float(),
@@ -105,8 +102,9 @@ def _distill_step(student, optimizer, batch: _Batch, *, temperature: float, conf
     )
     if sign < 0 and config.punish_bound is not None and -loss.item() > config.punish_bound:
         return loss.item()  # already pushed far enough: no further ascent on this batch
-    loss.backward()
-    optimizer.step()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
     optimizer.zero_grad()
     return loss.item()
 
@@ -159,6 +157,7 @@ def dmm_cache_path(teacher, dmm_clean: Dataset, *, num_classes: int, config: BeD
     """Where `train_dmm` stores (and looks for) the DMM these inputs make, under the victim cache."""
     payload = {"version": DMM_CACHE_VERSION, "teacher": weights_digest(teacher), "data": fingerprint(dmm_clean),
                "num_classes": num_classes, "device": device().type,
+               **({"precision": "fp16"} if precision() == "fp16" else {}),  # GPU DMMs were all bf16 before: keys kept
                "settings": {name: getattr(config, name) for name in DMM_SETTINGS}}
     return cache_dir() / "dmm" / cache_key(payload)
 
@@ -184,10 +183,11 @@ def _dmm_and_cache_hit(teacher, tokenizer, dmm_clean: Dataset, *, num_classes: i
                                  "label": flip_labels(dmm_clean["label"], num_classes=num_classes)})
     batches = _fixed_batches(teacher, tokenizer, flipped, config=config, seed=config.seed)
     dmm = copy.deepcopy(teacher).train()
-    optimizer = torch.optim.Adam(dmm.parameters(), lr=config.learning_rate)
+    optimizer, scaler = torch.optim.Adam(dmm.parameters(), lr=config.learning_rate), grad_scaler(precision())
     for _ in progress(range(config.dmm_epochs), desc="DMM", leave=False):
         for batch in batches:
-            _distill_step(dmm, optimizer, batch, temperature=config.temperature_dmm, config=config, sign=1)
+            _distill_step(dmm, optimizer, batch, scaler=scaler, temperature=config.temperature_dmm, config=config,
+                          sign=1)
     dmm.eval()
     if folder is not None:
         save_model(dmm, tokenizer, folder, {"settings": {name: getattr(config, name) for name in DMM_SETTINGS}})
@@ -321,17 +321,16 @@ def akd(teacher, tokenizer, *, clean: Dataset, poisoned: Dataset, config: BeDKDC
     trust = _fixed_batches(teacher, tokenizer, clean, config=config, seed=config.seed)
     punish = _fixed_batches(teacher, tokenizer, poisoned, config=config, seed=config.seed) if len(poisoned) else []
     student = copy.deepcopy(teacher).train()
-    optimizer = torch.optim.Adam(student.parameters(), lr=config.learning_rate)
+    optimizer, scaler = torch.optim.Adam(student.parameters(), lr=config.learning_rate), grad_scaler(precision())
+    step = dict(scaler=scaler, temperature=config.temperature_akd, config=config)
     selecting = watch is not None and len(watch) > 0 and dev is not None and len(dev) > 0
     if selecting:
         dev_floor = _label_rate(teacher, tokenizer, dev, max_length=config.max_length) - config.dev_tolerance
         best_key, best_state = None, None
     history = []
     for epoch in progress(range(1, config.akd_epochs + 1), desc="AKD", leave=False):
-        trust_loss = [_distill_step(student, optimizer, b, temperature=config.temperature_akd, config=config, sign=1)
-                      for b in trust]
-        punish_loss = [_distill_step(student, optimizer, b, temperature=config.temperature_akd, config=config, sign=-1)
-                       for b in punish]
+        trust_loss = [_distill_step(student, optimizer, b, **step, sign=1) for b in trust]
+        punish_loss = [_distill_step(student, optimizer, b, **step, sign=-1) for b in punish]
         history.append({"epoch": epoch, "trust_loss": float(np.mean(trust_loss)),
                         "punish_loss": float(np.mean(punish_loss)) if punish_loss else None})
         student.eval()
