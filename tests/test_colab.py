@@ -15,8 +15,9 @@ from bedkd_core.data import load_manifest
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in ("BEDKD_MODEL", "BEDKD_DATA"):
-        monkeypatch.delenv(name, raising=False)
+    for name in ("BEDKD_MODEL", "BEDKD_DATA"):  # set first, so teardown also undoes what setup() sets
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture
