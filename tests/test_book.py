@@ -191,7 +191,8 @@ def book_html(vendored_js, tmp_path_factory) -> Path:
 def probe_page(vendored_js, tmp_path_factory) -> Path:
     """The page of a scratch chapter 03 (setup cell, a figure, a slider) in a temporary copy of the book."""
     book = tmp_path_factory.mktemp("probe_book")
-    shutil.copy(REPO_ROOT / "_config.yml", book)
+    for name in ("_config.yml", "references.bib"):  # the config names the bibliography file
+        shutil.copy(REPO_ROOT / name, book)
     shutil.copytree(vendored_js, book / vendored_js.name)
     (book / "_toc.yml").write_text("format: jb-book\nroot: chapters/03_widget_probe\n")
     setup_cell = (REPO_ROOT / "chapters" / "_setup_cell.py").read_text().rstrip("\n")
