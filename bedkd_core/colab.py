@@ -28,13 +28,11 @@ class SetupError(Exception):
 
 def installed_from(book_dir: str | Path) -> bool:
     """Whether bedkd_core is already installed editable from `book_dir`."""
-    try:
-        direct_url = importlib.metadata.distribution("bedkd_core").read_text("direct_url.json")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    info = json.loads(direct_url or "{}")
-    return (info.get("dir_info", {}).get("editable", False)
-            and info.get("url") == Path(book_dir).resolve().as_uri())
+    for dist in importlib.metadata.distributions(name="bedkd_core"):  # the clone's own egg-info may come first
+        info = json.loads(dist.read_text("direct_url.json") or "{}")
+        if info.get("dir_info", {}).get("editable", False) and info.get("url") == Path(book_dir).resolve().as_uri():
+            return True
+    return False
 
 
 def install(*, book_dir: str | Path) -> bool:

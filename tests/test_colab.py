@@ -35,7 +35,8 @@ def pip_runs(monkeypatch):
 
 def fake_distribution(monkeypatch, direct_url):
     dist = types.SimpleNamespace(read_text=lambda name: json.dumps(direct_url) if name == "direct_url.json" else None)
-    monkeypatch.setattr(colab.importlib.metadata, "distribution", lambda name: dist)
+    egg_info = types.SimpleNamespace(read_text=lambda name: None)  # the clone's egg-info, found first on sys.path
+    monkeypatch.setattr(colab.importlib.metadata, "distributions", lambda name: [egg_info, dist])
 
 
 def test_install_runs_pip_editable_once(monkeypatch, pip_runs, tmp_path):
