@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,8 @@ COLAB_VERSIONS = {
 the notebook from inside the environment."""
 
 THREADS = 1
-"""CPU threads a chapter's kernel gets (OMP_NUM_THREADS): a Colab CPU runtime's 2 virtual cores share one core."""
+"""CPU threads a chapter's kernel gets by default (OMP_NUM_THREADS): a Colab CPU runtime's 2 virtual cores share
+one physical core, so the timings written for the notes use one thread."""
 
 KEPT = ("torch", "numpy", "pandas", "ipywidgets")
 """What installing bedkd_core must leave exactly as Colab has it."""
@@ -160,7 +162,7 @@ def reader_home(folder: Path, origin: Path | None) -> Path:
 
 
 def run_chapter(python: Path, copy: Path, *, origin: Path | None, data: Path, cache: Path, scratch: Path,
-                keep: Path | None = None) -> ChapterRun:
+                keep: Path | None = None, threads: int = THREADS) -> ChapterRun:
     """Run one Colab copy in the simulated runtime (the clone from `origin`, None: from the network; the executed
     notebook copied into `keep`); what it showed."""
     folder = scratch / copy.stem
@@ -170,7 +172,7 @@ def run_chapter(python: Path, copy: Path, *, origin: Path | None, data: Path, ca
     home = reader_home(folder, origin)
     env = {"HOME": str(home), "PATH": f"{python.parent}:/usr/bin:/bin", "LANG": "C.UTF-8",
            "BEDKD_BOOK_DIR": str(content / "bedkd-book"), "BEDKD_DATA": str(data), "BEDKD_CACHE": str(cache),
-           "BEDKD_MODEL": "minilm", "BEDKD_SCALE": "quick", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(THREADS),
+           "BEDKD_MODEL": "minilm", "BEDKD_SCALE": "quick", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads),
            "PIP_CACHE_DIR": str(python.parents[2] / "pip-cache"), "PIP_DISABLE_PIP_VERSION_CHECK": "1",
            "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
     env.update({k: v for k, v in os.environ.items() if k.startswith("PIP_") and k not in env})  # the local index
@@ -209,7 +211,8 @@ def _outputs(executed: Path) -> tuple[list[str], int, list[str], str]:
     return errors, figures, stderr, printed
 
 
-def simulate(copies: list[Path], *, data: Path, cache: Path | None, keep: Path | None = None) -> list[ChapterRun]:
+def simulate(copies: list[Path], *, data: Path, cache: Path | None, keep: Path | None = None,
+             threads: int = THREADS) -> list[ChapterRun]:
     """Run notebooks (Colab copies) one after another in the simulated runtime, each as a fresh reader; one
     ChapterRun each. bedkd_core is uninstalled first, so the first setup cell installs it as in a new runtime.
     `cache`: the victim cache they share; None gives each its own empty one, as in a new Colab runtime."""
@@ -219,7 +222,7 @@ def simulate(copies: list[Path], *, data: Path, cache: Path | None, keep: Path |
         scratch = Path(tmp)
         origin = serve_head(scratch)
         return [run_chapter(python, copy, origin=origin, data=data, cache=cache or scratch / f"cache-{copy.stem}",
-                            scratch=scratch, keep=keep) for copy in copies]
+                            scratch=scratch, keep=keep, threads=threads) for copy in copies]
 
 
 def colab_copies(chapters: list[str] | None = None) -> list[Path]:
