@@ -127,3 +127,18 @@ def distillation_batch(dataset: str) -> dict:
 
 
 DATASET_NAMES = {"sst2": "SST-2", "agnews": "AG News"}
+
+
+HIDDEN_SEED_VARIABLE = "BEDKD_GRADING_SEED"
+
+
+def hidden_seed() -> int:
+    """The seed hidden tests draw their rows with: $BEDKD_GRADING_SEED, the teacher's secret, else 0."""
+    import os
+
+    text = os.environ.get(HIDDEN_SEED_VARIABLE, "0").strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{HIDDEN_SEED_VARIABLE}={text!r} is not an integer; "
+                         f"set it to the whole number you keep secret from students") from None
