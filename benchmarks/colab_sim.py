@@ -235,6 +235,8 @@ def main() -> None:
     parser.add_argument("--chapter", action="append", help="only this Colab copy (its stem; repeatable)")
     parser.add_argument("--json", type=Path, help="write each chapter's time with provenance to this file")
     parser.add_argument("--keep", type=Path, help="copy the executed notebooks into this folder")
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help=f"OMP_NUM_THREADS of each chapter's kernel (default {THREADS}, as on Colab)")
     parser.add_argument("--shared-cache", action="store_true",
                         help="share this machine's victim cache (default: an empty one per chapter, as a reader has)")
     args = parser.parse_args()
@@ -244,14 +246,15 @@ def main() -> None:
 
     start_info = provenance()
     cache = cache_dir() if args.shared_cache else None
-    runs = simulate(colab_copies(args.chapter), data=data_root(), cache=cache, keep=args.keep)
+    runs = simulate(colab_copies(args.chapter), data=data_root(), cache=cache, keep=args.keep,
+                    threads=args.threads)
     for run in runs:
         state = "ok" if run.ok else f"FAILED {run.errors} {run.freeze_changes}"
         print(f"{run.chapter}: {run.seconds:7.1f} s, {run.figures} figures, {len(run.stderr)} stderr outputs, {state}")
     if args.json:
         chapters = {r.chapter: {"seconds": r.seconds, "figures": r.figures, "ok": r.ok} for r in runs}
         write_json_atomic(args.json, {"chapters": chapters, "versions": COLAB_VERSIONS,
-                                      "backbone": "minilm", "scale": "quick", "threads": THREADS,
+                                      "backbone": "minilm", "scale": "quick", "threads": args.threads,
                                       "victim_cache": "shared" if args.shared_cache else "empty per chapter",
                                       "provenance": start_info})
     sys.exit(0 if all(r.ok for r in runs) else 1)
