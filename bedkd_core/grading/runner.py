@@ -151,8 +151,11 @@ def graded_cells(sources: list[str], names) -> tuple[list[tuple[int, str, list[s
             continue
         code[index] = text
         for node in tree.body:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in names:
-                last[node.name] = index
+            bound = [node.name] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else \
+                [a.asname or a.name.split(".")[0] for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) \
+                else []
+            for name in set(bound) & set(names):
+                last[name] = index  # an imported name counts: the import runs, and is refused if it is the key
     cells = sorted(set(last.values()))
     return [(i, code[i], sorted(n for n, c in last.items() if c == i)) for i in cells], broken
 
