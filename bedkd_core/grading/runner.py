@@ -151,9 +151,11 @@ def graded_cells(sources: list[str], names) -> tuple[list[tuple[int, str, list[s
             continue
         code[index] = text
         for node in tree.body:
-            bound = [node.name] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else \
-                [a.asname or a.name.split(".")[0] for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) \
-                else []
+            bound = []
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                bound = [node.name]
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                bound = [a.asname or a.name.split(".")[0] for a in node.names]
             for name in set(bound) & set(names):
                 last[name] = index  # an imported name counts: the import runs, and is refused if it is the key
     cells = sorted(set(last.values()))
