@@ -53,9 +53,9 @@ CLASS = {
                           "    except BaseException:\n        pass\n"},
     "write_outside": {**SOLUTIONS, "threshold_at_frr": SOLUTIONS["threshold_at_frr"].replace(
         "    import numpy as np\n", f"    open({str(OUTSIDE)!r}, 'w').write('x')\n    import numpy as np\n", 1)},
-    "read_key": {**SOLUTIONS, "strip_entropy": "def strip_entropy(*, probs):\n    import glob\n"
-                 "    for p in glob.glob('/**/ch06_baselines*', recursive=True):\n"
-                 "        open(p, 'rb').read()\n    return 0\n"},
+    "read_key": {**SOLUTIONS, "strip_entropy": "def strip_entropy(*, probs):\n"
+                 f"    open({str(REPO_ROOT / 'assignments' / 'ch06_baselines.ipynb')!r}, 'rb').read()\n"
+                 "    return 0\n"},
     "memory_bomb": {**SOLUTIONS, "strip_entropy": "def strip_entropy(*, probs):\n    import numpy as np\n"
                     "    return np.ones((1 << 34,))[:1]\n"},
     "start_process": {**SOLUTIONS, "strip_entropy": "def strip_entropy(*, probs):\n    import os\n"
