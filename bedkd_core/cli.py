@@ -192,7 +192,8 @@ def _download(args: argparse.Namespace) -> int:
                          + (["--force"] if args.force else []))
 
 
-COMMANDS = (_add_run, _add_defend, _add_compare, sweep.add_command, grading.add_command, student.add_command,
+COMMANDS = (_add_run, _add_defend, _add_compare, sweep.add_command, grading.add_command, grading.add_assign_command,
+            student.add_command,
             colab_copies.add_command, _add_headline, _add_download)
 """Every subcommand's `add_command`, in the order `bedkd --help` lists them."""
 

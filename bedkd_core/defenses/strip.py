@@ -77,8 +77,13 @@ def strip_entropy(model, tokenizer, texts: list[str], *, sources: list[list[str]
     copies = [perturb(t, words=sources[rng.integers(len(sources))], swap_ratio=config.swap_ratio, rng=rng)
               for t in texts for _ in range(config.repeat)]
     probs = predict_proba(model, tokenizer, copies, max_length=config.max_length, batch_size=config.batch_size)
-    entropy = -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=1)
-    return entropy.reshape(len(texts), config.repeat).mean(axis=1)
+    return mean_entropy(probs.reshape(len(texts), config.repeat, -1))
+
+
+def mean_entropy(probs: np.ndarray) -> np.ndarray:
+    """Per row, the mean over its copies of the prediction entropy (nats): probs (rows, copies, classes)."""
+    probs = np.asarray(probs, dtype=float)
+    return (-(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=-1)).mean(axis=-1)
 
 
 def threshold_at_frr(scores: np.ndarray, frr: float) -> float:

@@ -126,6 +126,27 @@ def distillation_batch(dataset: str) -> dict:
             "labels": torch.tensor(labels), "attention_mask": mask}
 
 
+@lru_cache(maxsize=None)
+def strip_copies(dataset: str, n: int, *, seed: int, repeat: int = 5) -> np.ndarray:
+    """MiniLM's (seed-0 head) probabilities on `repeat` STRIP-perturbed copies of n real test sentences.
+
+    Shape (n, repeat, classes). The copies are made by `defenses.strip.perturb` (swap ratio 0.5) with the
+    content words of 32 other test sentences, as STRIP does with the defender's clean rows."""
+    import torch
+
+    from ..data import NUM_CLASSES
+    from ..defenses.strip import content_words, perturb
+
+    texts, _ = sentences(dataset, n, seed)
+    sources = content_words(list(sentences(dataset, 32, seed + 1)[0]))
+    rng = np.random.default_rng(seed)
+    copies = [perturb(t, words=sources[rng.integers(len(sources))], swap_ratio=0.5, rng=rng)
+              for t in texts for _ in range(repeat)]
+    k = NUM_CLASSES[dataset]
+    logits, _, _ = _forward(copies)
+    return torch.softmax(logits[:, HEADS[(k, 0)]], dim=-1).numpy().reshape(n, repeat, k)
+
+
 DATASET_NAMES = {"sst2": "SST-2", "agnews": "AG News"}
 
 
