@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..data import DataError
 from ..store import REPO_ROOT, atomic_file
-from .runner import MESSAGES, ZERO, CallFailed, Limits, Proxy, Session, graded_cells
+from .runner import MESSAGES, ZERO, Limits, Proxy, Session, graded_cells
 
 DIST = REPO_ROOT / "dist"
 
