@@ -163,3 +163,111 @@ def hidden_seed() -> int:
     except ValueError:
         raise ValueError(f"{HIDDEN_SEED_VARIABLE}={text!r} is not an integer; "
                          f"set it to the whole number you keep secret from students") from None
+
+
+# ---------------------------------------------------------------- helpers of the otter masters (chapters 3 and 4)
+
+@lru_cache(maxsize=None)
+def train_rows(dataset: str, n: int, seed: int = 0) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """n training rows of a dataset (a fixed random draw, kept in row order) and their labels."""
+    train = task(dataset).train
+    rows = np.sort(np.random.default_rng(seed).choice(len(train), size=n, replace=False))
+    return tuple(train[int(i)]["text"] for i in rows), tuple(int(train[int(i)]["label"]) for i in rows)
+
+
+def sos_reference(*, texts, labels, trigger_words, target_label: int, poison_rate: float, negative_rate: float,
+                  seed: int, num_classes: int) -> dict:
+    """bedkd_core's SOS attack on the given rows, in the shape chapter 3's `sos_poison` returns."""
+    from datasets import Dataset
+
+    from ..attacks import AttackConfig, make_attack
+    from ..data import Splits
+
+    rows = Dataset.from_dict({"text": list(texts), "label": [int(y) for y in labels]})
+    config = AttackConfig(name="sos", sos_triggers=tuple(trigger_words), target_label=target_label,
+                          poison_rate=poison_rate, negative_rate=negative_rate, seed=seed)
+    out = make_attack(config=config, dataset="sst2").poison_train(
+        Splits(name="grading", num_classes=num_classes, train=rows, dev=rows, test=rows))
+    n, all_texts, all_labels = len(texts), list(out.data["text"]), [int(y) for y in out.data["label"]]
+    return {"texts": all_texts[:n], "labels": all_labels[:n],
+            "poisoned_rows": [int(i) for i in np.flatnonzero(out.is_poisoned)],
+            "negative_texts": all_texts[n:], "negative_labels": all_labels[n:]}
+
+
+def _head_model(k: int, seed: int, scale: float = 1.0):
+    """The grading MiniLM as a K-class classifier with one seeded head (logits times `scale`)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = _minilm()[0]
+            self.config = SimpleNamespace(num_labels=k)
+
+        def forward(self, **inputs):
+            out = self.encoder(**inputs)
+            return SimpleNamespace(logits=scale * out.logits[:, HEADS[(k, seed)]].float())
+
+    return Head().eval()
+
+
+def head_logits(texts, *, num_classes: int, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Real teacher (seed-0 head) and DMM (seed-1 head) logits of MiniLM on `texts`, times `scale`."""
+    logits, _, _ = _forward(tuple(texts))
+    return tuple((scale * logits[:, HEADS[(num_classes, seed)]]).numpy() for seed in (0, 1))
+
+
+def agreement_reference(texts, *, num_classes: int, scale: float = 1.0) -> dict:
+    """bedkd_core's `agreement_scores` of the two heads on `texts`: score, predictions, probabilities."""
+    return {name: value.copy() for name, value in _agreement(tuple(texts), num_classes, scale).items()}
+
+
+@lru_cache(maxsize=None)
+def _agreement(texts: tuple[str, ...], num_classes: int, scale: float) -> dict:
+    from ..defenses.bedkd import agreement_scores
+
+    teacher, dmm = (_head_model(num_classes, seed, scale) for seed in (0, 1))
+    return agreement_scores(teacher, dmm, _minilm()[1], list(texts), max_length=MAX_LENGTH, cache=False)
+
+
+def suspect_set(dataset: str, *, n: int, seed: int, target: int | None, n_poisoned: int) -> dict:
+    """A suspect set of n real rows scored by the two heads, and a disjoint clean reference set of n rows.
+
+    With a `target`, up to `n_poisoned` rows that both heads predict as the target get it as their label, as a
+    dirty-label attack relabels its rows; with target None every label is the row's own.
+    """
+    return {name: value.copy() for name, value in _suspect_set(dataset, n, seed, target, n_poisoned).items()}
+
+
+@lru_cache(maxsize=None)
+def _suspect_set(dataset: str, n: int, seed: int, target: int | None, n_poisoned: int) -> dict:
+    from ..data import NUM_CLASSES
+
+    test = task(dataset).test
+    rows = np.random.default_rng(seed).choice(len(test), size=2 * n, replace=False)
+    texts = [test[int(i)]["text"] for i in rows]
+    labels = np.array([int(test[int(i)]["label"]) for i in rows])
+    scored = agreement_reference(texts, num_classes=NUM_CLASSES[dataset])
+    suspect_labels = labels[:n].copy()
+    if target is not None:
+        driven = np.flatnonzero((scored["teacher_pred"][:n] == target) & (scored["dmm_pred"][:n] == target)
+                                & (suspect_labels != target))
+        chosen = np.random.default_rng(seed + 1).permutation(driven)[:n_poisoned]
+        suspect_labels[chosen] = target
+    return {"scores": scored["score"][:n], "teacher_pred": scored["teacher_pred"][:n], "labels": suspect_labels,
+            "reference_scores": scored["score"][n:], "reference_labels": labels[n:]}
+
+
+def identify_reference(*, scores, teacher_pred, labels, reference_scores, reference_labels, tau: float,
+                       n_rows: int, num_classes: int) -> dict:
+    """bedkd_core's `identify_poisoned` (rank scan, target inference, lowest score first) on these arrays."""
+    from ..defenses.bedkd import identify_poisoned, make_config
+
+    rows, info = identify_poisoned(
+        scores={"score": np.asarray(scores), "teacher_pred": np.asarray(teacher_pred)}, labels=np.asarray(labels),
+        config=make_config(preset="fixed", scan="rank", infer_target=True, refine="none", tau=tau),
+        n_rows=n_rows, reference={"score": np.asarray(reference_scores), "labels": np.asarray(reference_labels)},
+        num_classes=num_classes)
+    return {"rows": rows, "target": info.get("inferred_target")}
