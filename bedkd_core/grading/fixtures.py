@@ -371,7 +371,8 @@ def akd_head_mistake(got, want: dict, *, n_trust: int, n_punish: int, bound: flo
         if close(mine, right, rtol=1e-4, atol=1e-5):
             continue
         epoch, j = divmod(i, n_trust + n_punish)
-        where = (f"trust batch {j + 1}" if j < n_trust else f"punish batch {j - n_trust + 1}") + f" of epoch {epoch + 1}"
+        where = f"trust batch {j + 1}" if j < n_trust else f"punish batch {j - n_trust + 1}"
+        where += f" of epoch {epoch + 1}"
         if i == 0:
             why = "the very first batch: check the loss (the student starts as the teacher's copy)"
         elif close(mine, -right, rtol=1e-4, atol=1e-5):
@@ -385,7 +386,7 @@ def akd_head_mistake(got, want: dict, *, n_trust: int, n_punish: int, bound: flo
                    "Adam step over weight and bias, and that the teacher stays the initial head")
         else:
             why = "the steps before it moved the head differently (check the update rule and the frozen teacher)"
-        return f"the loss logged for {where} differs from the reference's ({mine:.6f}): {why}"
+        return f"you logged {mine:.6f} for {where}, which is not the reference's: {why}"
     for name in ("weight", "bias"):
         mine = torch.as_tensor(got[name])
         if mine.shape != want[name].shape:
