@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 from functools import lru_cache
 
@@ -298,6 +297,7 @@ def reference_akd_head(*, weight, bias, trust_features, trust_labels, punish_fea
     Each epoch trust-distils on the trust rows, then punishes on the punish rows, both cut in order into batches of
     `batch_size`. Returns the head's final weight and bias and each step's signed loss, in the order run.
     """
+    import copy
     from types import SimpleNamespace
 
     import torch
