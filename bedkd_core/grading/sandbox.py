@@ -104,6 +104,9 @@ def _prepare() -> None:
         torch.set_num_threads(1)
         sample["t"] = torch.zeros(2, requires_grad=True)
         value_and_grad(lambda *, t: (t * t).sum(), wrt=("t",), t=sample["t"])
+        step = torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its first step imports torch._dynamo,
+        step.param_groups[0]["params"][0].grad = torch.ones(1)          # which loads ctypes: do it before the hook
+        step.step()
     except ImportError:  # pragma: no cover
         pass
     decode(*encode(sample))  # loads what the wire needs (np.load's zipfile, ...) before the hook

@@ -97,7 +97,7 @@ def _array(array: np.ndarray, arrays: dict, *, tensor: bool, grad: bool) -> dict
     if array.dtype == object or array.dtype.kind not in "biufc":
         raise WireError(f"arrays of dtype {array.dtype} cannot be graded")
     key = f"a{len(arrays)}"
-    arrays[key] = np.ascontiguousarray(array)
+    arrays[key] = np.require(array, requirements="C")  # np.ascontiguousarray would make a 0-dim array 1-dim
     return {"__array__": key, "tensor": tensor, "requires_grad": grad}
 
 
