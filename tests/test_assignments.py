@@ -88,7 +88,7 @@ def _run(notebook, folder: Path) -> list[str]:
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
     return ["".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in c.outputs)
-            for c in notebook.cells if c.cell_type == "code" and "grader.check(" in c.source]
+            for c in notebook.cells if c.cell_type == "code" and c.source.startswith("grader.check(")]
 
 
 @pytest.mark.slow
