@@ -101,7 +101,8 @@ def load_curves(*, frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def final_punish_losses(*, frame: pd.DataFrame) -> pd.DataFrame:
-    """Each finished cell's mean trust and punish loss of its last AKD epoch, from its report."""
+    """Each finished cell's mean trust and punish loss of its last AKD epoch, from its report
+    (`punish_bound` as text: "None" for an unbounded run)."""
     rows = []
     for _, cell in frame[frame["status"] == "done"].iterrows():
         report = cell_report(store.cell_dir(grid=cell["grid"], dataset=cell["dataset"],
@@ -110,7 +111,7 @@ def final_punish_losses(*, frame: pd.DataFrame) -> pd.DataFrame:
         details = (report or {}).get("defense_details") or {}
         if "final_punish_loss" in details:
             rows.append({"cell": f"{cell['dataset']}/{cell['attack']}/{cell['defense']}",
-                         "punish_bound": (report.get("defense") or {}).get("punish_bound"),
+                         "punish_bound": str((report.get("defense") or {}).get("punish_bound")),
                          "final trust loss": details.get("final_trust_loss"),
                          "final punish loss": details["final_punish_loss"]})
     return pd.DataFrame(rows)

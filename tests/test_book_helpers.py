@@ -63,8 +63,10 @@ def test_load_curves_starts_at_the_victim_and_names_the_kept_epoch(results):
     assert curves["epoch"].tolist() == [0, 5, 10]  # the no-bound cell has no curve.json
     assert curves["ASR"].tolist() == [1.0, 0.3, 0.2]
     assert set(curves["kept_epoch"]) == {10} and set(curves["cell"]) == {"sst2/badnets/bedkd-fixed"}
-    losses = book.final_punish_losses(frame=frame).set_index("cell")["final punish loss"]
-    assert losses.to_dict() == {"sst2/badnets/bedkd-fixed": -3.1, "sst2/badnets/bedkd-fixed-no-bound": -12.0}
+    losses = book.final_punish_losses(frame=frame).set_index("cell")
+    assert losses["final punish loss"].to_dict() == {"sst2/badnets/bedkd-fixed": -3.1,
+                                                     "sst2/badnets/bedkd-fixed-no-bound": -12.0}
+    assert losses["punish_bound"].tolist() == ["3.0", "None"]
 
 
 def test_bedkd_runs_and_the_epoch_rule(results):
