@@ -9,19 +9,27 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import store
+from .book_data import (api_summary, bedkd_runs, cell_curve, cell_report, cell_scores,  # noqa: F401
+                        clean_model, cls_states, compare_tables, epoch_rule, final_punish_losses, head,
+                        load_curves, paraphrase_aligned, pca_2d, poison, punish_terms, run_name,
+                        side_by_side, stealth, words)
 from .data import DataError, data_root
 from .store import load_reports
 
 NOT_RUN = "not yet run"
 
 
-def check_setup() -> Path:
-    """Fail a chapter early with one readable line when the data is missing, instead of a long traceback."""
+def check_setup() -> None:
+    """Fail a chapter early with one readable line when the data is missing, instead of a long traceback.
+
+    Returns nothing, so a chapter that ends a cell with it shows no local path.
+    """
     try:
-        return data_root()
+        data_root()
     except DataError as err:
         raise SystemExit(f"{err}") from None
 
@@ -70,6 +78,7 @@ def results_frame(grid: str, *, expected: list[tuple[str, str, str]] | None = No
             "victim_cacc": r["victim"]["cacc"], "victim_asr": r["victim"]["asr"],
             "floor_asr": (r.get("clean_floor") or {}).get("asr"),
             "defended_cacc": defended.get("cacc"), "defended_asr": defended.get("asr"),
+            "frr": defended.get("frr"), "far": defended.get("far"),
             "precision": detection.get("precision"), "recall": detection.get("recall"),
             "defense_seconds": r["seconds"].get("defense"), "victim_seconds": r["seconds"].get("victim"),
             "device": prov.get("device"), "commit": prov.get("git_commit"), "date": prov.get("date"),
@@ -129,6 +138,143 @@ def provenance_note(frame: pd.DataFrame) -> str:
         f"scale {', '.join(sorted(set(done['scale'].dropna())))}",
     ]
     return "Results from real runs: " + " · ".join(parts) + "."
+
+
+GRID_VIEW_COLUMNS = ["grid", "dataset", "attack", "defense", "options", "status", "precision", "recall",
+                     "defended_cacc", "defended_asr", "victim_cacc", "victim_asr", "device", "seed",
+                     "detail"]
+METRIC_COLUMNS = ("precision", "recall", "defended_cacc", "defended_asr", "victim_cacc", "victim_asr")
+
+
+def grid_view(*, name: str, only: list[str] | None = None) -> pd.DataFrame:
+    """Every cell of sweep grid `name` (those matching `only`) with its state; metrics for finished ones.
+
+    Optional cells are listed once they have run; `detail` says what an unsupported cell needs.
+    """
+    from . import sweep
+
+    grid = sweep.load_grid(name)
+    finished = results_frame(name)
+    metrics = ({(r["dataset"], r["attack"], r["defense"]): r for _, r in finished.iterrows()}
+               if "status" in finished else {})
+    rows = []
+    for status in sweep.sweep_status(grid, store.RESULTS_DIR, only=only):
+        cell = status.cell
+        if cell.optional and status.state != sweep.DONE:
+            continue
+        options = {k: v for k, v in cell.defense_options.items() if k != "curve_every"}
+        row = {"grid": name, "dataset": cell.dataset, "attack": cell.attack, "defense": cell.defense,
+               "options": ", ".join(f"{k}={v}" for k, v in options.items()) or "(preset defaults)",
+               "status": status.state,
+               "detail": status.detail if status.state == sweep.UNSUPPORTED else ""}
+        found = metrics.get((cell.dataset, cell.attack, cell.defense))
+        if status.state == sweep.DONE and found is not None:
+            row.update({k: found[k] for k in METRIC_COLUMNS}, seed=found["seed"],
+                       device=short_device(found["device"]))
+        rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=GRID_VIEW_COLUMNS)
+
+
+def unsupported_lines(*, view: pd.DataFrame) -> list[str]:
+    """One line per unsupported cell of a `grid_view`: the defense and what it needs."""
+    from . import sweep
+
+    rows = view[view["status"] == sweep.UNSUPPORTED]
+    return [f"unsupported {r['defense']}: {r['detail']}" for _, r in rows.iterrows()]
+
+
+def select_cells(*, frame: pd.DataFrame, cells: list[tuple[str, str, str]]) -> pd.DataFrame:
+    """The rows of a results frame whose (dataset, attack, defense) is in `cells`, in their order."""
+    keys = [tuple(r) for r in frame[["dataset", "attack", "defense"]].itertuples(index=False)]
+    order = {cell: i for i, cell in enumerate(cells)}
+    picked = frame[[key in order for key in keys]]
+    ranks = [order[key] for key in keys if key in order]
+    return picked.iloc[np.argsort(ranks, kind="stable")]
+
+
+def metric_text(*, row, column: str) -> str:
+    """A finished row's `column` with three decimals, or the row's status (e.g. "not yet run")."""
+    return row["status"] if row["status"] != "done" else f"{row[column]:.3f}"
+
+
+def rerun_victims(*, frame: pd.DataFrame, scale: str) -> list[str]:
+    """Train and measure the victims of `frame` that have no report (grid "full", defense none).
+
+    Only at full scale; a line per cell run, or one line saying what was skipped.
+    """
+    from .attacks import AttackConfig
+    from .experiments import run_experiment
+
+    missing = frame[frame["status"] != "done"]
+    if scale != "full":
+        return [f"BEDKD_SCALE={scale}: skipped; {len(missing)} cell(s) would run at full scale"]
+    lines = []
+    for dataset, attack in missing[["dataset", "attack"]].itertuples(index=False):
+        out = store.cell_dir(grid="full", dataset=dataset, attack=attack, defense="none")
+        report = run_experiment(dataset=dataset, attack=AttackConfig(name=attack), defense="none",
+                                scale="full", seed=0, out=out)
+        lines.append(f"{dataset}/{attack}: victim {report['victim']}, floor {report['clean_floor']}")
+    return lines
+
+
+def detection_at_tau(*, tau: float, scores: dict, labels, reference: dict, config,
+                     num_classes: int, is_poisoned) -> tuple[pd.DataFrame, dict]:
+    """Precision and recall of every row under `tau` and of the rows identified at `tau`, and the
+    identification's details (for the reader: `is_poisoned` are the oracle flags)."""
+    import dataclasses
+
+    from .defenses.bedkd import identify_poisoned
+    from .metrics import detection_scores
+
+    at_tau = dataclasses.replace(config, tau=tau)
+    kept, details = identify_poisoned(scores=scores, labels=labels, config=at_tau,
+                                      n_rows=at_tau.n_poison, reference=reference,
+                                      num_classes=num_classes)
+    under = np.flatnonzero(np.asarray(scores["score"]) < tau)
+    table = pd.DataFrame([
+        {"selection": "every row under τ", **detection_scores(under, is_poisoned)},
+        {"selection": f"identified (k={at_tau.n_poison})", **detection_scores(kept, is_poisoned)},
+    ])
+    return table, details
+
+
+def epoch_pages(*, curve: pd.DataFrame, history: pd.DataFrame, start: dict) -> list[str]:
+    """One HTML line per epoch of an AKD curve (epoch 0 = the victim `start`): CACC, ASR, losses."""
+    pages = []
+    for _, point in curve.iterrows():
+        losses = history[history["epoch"] == point["epoch"]]
+        if losses.empty:
+            loss_text = "victim: no training yet"
+        else:
+            trust, punish = losses.iloc[0][["trust_loss", "punish_loss"]]
+            loss_text = (f"trust loss {trust:.4f}, punish loss "
+                         + ("n/a" if pd.isna(punish) else f"{punish:.4f}"))
+        pages.append(f"<p><b>epoch {int(point['epoch'])}</b>: CACC <b>{point['cacc']:.3f}</b> "
+                     f"(victim {start['cacc']:.3f}), ASR <b>{point['asr']:.3f}</b> "
+                     f"(victim {start['asr']:.3f})<br>{loss_text}</p>")
+    return pages
+
+
+def live_row(*, name: str, metrics: dict, seconds: float | None, source: str, victim: dict) -> dict:
+    """One row of a live comparison table: CACC, ASR, the filter rates and the ASR reduction."""
+    return {"defense": name, "CACC": metrics["cacc"], "ASR": metrics["asr"], "FRR": metrics.get("frr"),
+            "FAR": metrics.get("far"), "CACC_all": metrics.get("cacc_all", metrics["cacc"]),
+            "ASR reduction": 1 - metrics["asr"] / victim["asr"], "seconds": seconds, "source": source}
+
+
+def grid_matrix(*, frame: pd.DataFrame, metric: str, datasets: list[str], attacks: list[str],
+                defenses: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`metric` of a results frame as a (dataset, attack) x defense matrix, and its cell labels
+    (the value, "—" for a finished cell without one, "not yet run" for the others)."""
+    index = pd.MultiIndex.from_product([datasets, attacks], names=["dataset", "attack"])
+    values = frame.pivot_table(index=["dataset", "attack"], columns="defense", values=metric,
+                               aggfunc="first", dropna=False)
+    values = values.reindex(index=index, columns=defenses).astype(float)
+    state = frame.pivot_table(index=["dataset", "attack"], columns="defense", values="status",
+                              aggfunc="first").reindex(index=index, columns=defenses)
+    shown = np.where(values.isna(), "—", values.map("{:.2f}".format))
+    labels = pd.DataFrame(np.where(state.eq("done"), shown, NOT_RUN), index=index, columns=defenses)
+    return values, labels
 
 
 ABSTRACT_CLAIM = ("The BeDKD paper's abstract: ASR reduced by 98% on average over three datasets and six attacks, "
