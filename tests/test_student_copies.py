@@ -246,8 +246,10 @@ def test_each_committed_copy_renders_without_myst_and_opens_in_colab(path):
     for text in markdown:
         assert not LEFTOVER_MYST.search(text), (path.name, LEFTOVER_MYST.search(text).group())
         assert "<details>" not in text  # no solution, not even collapsed
-    for image in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", "\n".join(markdown)):
+    images = [url for url in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", "\n".join(markdown)) if url != student.BADGE]
+    for image in images:
         assert (path.parent / image).resolve().is_file(), image  # relative to student/
     chapter_text = (REPO_ROOT / "chapters" / path.name).read_text()
+    assert len(images) == chapter_text.count("{figure}")
     if "{cite" in chapter_text:
         assert markdown[-1].startswith("## References\n\n- ")
