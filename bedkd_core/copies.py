@@ -191,7 +191,8 @@ def read_chapters(*, chapters: list[Path], root: Path) -> list[tuple[Path, str, 
 
 
 def stale_paths(*, expected: dict[Path, str], folders: list[Path], kind: str) -> list[str]:
-    """What is out of sync: `expected` files (path → content) missing or differing, or other notebooks in `folders`."""
+    """What is out of sync: `expected` files (path → content) missing or differing, or other notebooks in
+    `folders`."""
     problems = []
     for path, content in expected.items():
         if not path.is_file():

@@ -76,7 +76,8 @@ def test_generate_check_and_the_timing_note(tmp_path, capsys):
     assert "THE_SECRET_ANSWER" in first and "THE_SECRET_ANSWER" not in json.dumps(stripped)
     badge = "".join(stripped["cells"][0]["source"])
     assert badge.startswith(f"[![Open In Colab]({student.BADGE})]({COLAB}/colab/student/04_dmm.ipynb)")
-    assert f"]({RAW}chapters/figures/method.svg)" in first and f"]({RAW}chapters/figures/method.svg)" in json.dumps(stripped)
+    figure = f"]({RAW}chapters/figures/method.svg)"
+    assert figure in first and figure in json.dumps(stripped)
     assert colab_copies.main(["--root", str(root), "--check"]) == 0
 
     timings = root / colab_copies.TIMINGS

@@ -128,7 +128,8 @@ def test_code_is_left_alone():
 
 @pytest.mark.parametrize("assets, url", [
     ("../", "../chapters/figures/method.svg"),
-    ("https://raw.githubusercontent.com/o/r/main/", "https://raw.githubusercontent.com/o/r/main/chapters/figures/method.svg"),
+    ("https://raw.githubusercontent.com/o/r/main/",
+     "https://raw.githubusercontent.com/o/r/main/chapters/figures/method.svg"),
 ])
 def test_a_figure_becomes_an_image_and_an_italic_caption(assets, url):
     source = ("Before.\n\n```{figure} figures/method.svg\n:name: fig-method\n:width: 100%\n:alt: A flow chart [sic]"

@@ -53,7 +53,8 @@ The method, after {cite:t}`gu2017badnets`.
 GATED_START = "Before the gated solution.\n\n```{solution-start} ex-two\n:class: dropdown\n```\nGATED_SECRET text"
 GATED_END = "more GATED_SECRET\n\n```{solution-end}\n```\n\nAfter the gated solution."
 
-BIB = "@misc{gu2017badnets,\n  title = {{BadNets}},\n  author = {Gu, Tianyu and Garg, Siddharth},\n  year = {2017},\n}\n"
+BIB = ("@misc{gu2017badnets,\n  title = {{BadNets}},\n  author = {Gu, Tianyu and Garg, Siddharth},\n"
+       "  year = {2017},\n}\n")
 
 # Markup that must not survive in any copy: a MyST role, a directive fence, a label target.
 LEFTOVER_MYST = re.compile(r"\{cite|\{figure|^\s*(`{3,}|:{3,})\s*\{|(?<!`)\{[\w:-]+\}`|^\s*\([\w-]+\)=\s*$", re.M)
@@ -99,8 +100,8 @@ def test_solutions_are_removed_and_exercises_kept():
     text = text_of(copy)
     for secret in ("THE_SECRET_ANSWER", "GATED_SECRET", "MD_SECRET"):
         assert secret not in text, secret
-    for kept in ("**Exercise 4.1: Flip the labels**", "Implement `flip_labels` so that", "**Exercise 4.2: Another one**",
-                 "Explain why.", "# Chapter 4: the DMM", "Before the gated solution.", "After the gated solution.",
+    for kept in ("**Exercise 4.1: Flip the labels**", "Implement `flip_labels` so that",
+                 "**Exercise 4.2: Another one**", "Explain why.", "# Chapter 4: the DMM", "Before the gated solution.", "After the gated solution.",
                  "flip_labels([0, 1, 1], 2)"):
         assert kept in text, kept
     assert not LEFTOVER_MYST.search(text), LEFTOVER_MYST.search(text)
@@ -114,7 +115,8 @@ def test_citations_and_figures_render_without_myst():
     assert cells[-1] == "## References\n\n- Gu, T., & Garg, S. (2017). BadNets."
     assert copy["cells"][-1]["id"] == copies.REFERENCES_ID
     online = make_copy(chapter(), assets="https://raw.githubusercontent.com/org/repo/main/")
-    assert "![The method](https://raw.githubusercontent.com/org/repo/main/chapters/figures/method.svg)" in text_of(online)
+    url = "https://raw.githubusercontent.com/org/repo/main/chapters/figures/method.svg"
+    assert f"![The method]({url})" in text_of(online)
 
 
 def test_the_first_cell_carries_the_colab_badge_and_the_note():
