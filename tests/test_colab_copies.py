@@ -1,18 +1,20 @@
-"""Colab copies: MyST becomes plain Markdown (exercises readable, solutions collapsed in <details>), outputs
-stripped, a note on top, deterministic files kept in sync by `bedkd colab-copies --check`, and the book's Colab
-launch button pointed at them."""
+"""Colab copies: the chapter in plain Markdown (exercises readable, solutions collapsed in <details>, figures
+from raw GitHub), outputs stripped, a note on top, student copies with their own Colab badge, deterministic
+files kept in sync by `bedkd colab-copies --check`, and the book's Colab launch button pointed at them."""
 import json
+import re
 import types
 from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
 
-from bedkd_core import colab_copies, student
-from test_student_copies import EXERCISE_MD, chapter, scratch_book
+from bedkd_core import colab_copies, copies, student
+from test_student_copies import BIBLIOGRAPHY, LEFTOVER_MYST, chapter, scratch_book
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+RAW = "https://raw.githubusercontent.com/org/repo/main/"
+COLAB = "https://colab.research.google.com/github/org/repo/blob/main"
 
 
 def colab_chapter():
@@ -22,48 +24,39 @@ def colab_chapter():
     return nb
 
 
-def test_exercises_stay_and_solutions_collapse():
-    text = colab_copies.to_markdown(EXERCISE_MD, numbers=[0], chapter="4")
-    assert "{exercise}" not in text and "{solution}" not in text and ":label:" not in text and ":class:" not in text
-    assert "**Exercise 4.1: Flip the labels**\n\nImplement `flip_labels` so that" in text
-    assert "**Exercise 4.2: Another one**\n\nExplain why." in text
-    solution = text[text.index("<details>"):text.index("</details>")]
-    assert "<summary><b>Solution to exercise 4.1</b></summary>" in solution
-    assert "THE_SECRET_ANSWER" in solution and "```python\n[(y + 1) % K for y in labels]\n```" in solution
-
-
-def test_other_directives_labels_and_label_links_become_plain_markdown():
-    text = colab_copies.to_markdown("(my-label)=\n## Title\n\nSee [the setup](my-label) and [arXiv](https://x.org)."
-                                    "\n\n```{note}\nTwo\n\nlines\n```\n\n:::{admonition} Careful\n:class: tip\n"
-                                    "Body\n:::\n", numbers=[0])
-    assert text == ("## Title\n\nSee the setup and [arXiv](https://x.org).\n\n> **Note.**\n>\n> Two\n>\n> lines\n\n"
-                    "> **Careful.**\n>\n> Body")
-
-
-def test_gated_solutions_are_refused():
-    with pytest.raises(colab_copies.ColabCopyError, match="gated solutions"):
-        colab_copies.to_markdown("```{solution-start} ex\n```\nsecret", numbers=[0])
-
-
-def test_the_copy_strips_outputs_and_notes_its_source(tmp_path):
-    original = colab_chapter()
+def test_the_copy_notes_its_source_after_the_title():
+    original = copies.plain_copy(colab_chapter(), source="chapters/04_dmm.ipynb", assets=RAW,
+                                 bibliography=BIBLIOGRAPHY)
     before = json.dumps(original, sort_keys=True)
     copy = colab_copies.make_colab_copy(original, source="chapters/04_dmm.ipynb", note="> the note")
     assert json.dumps(original, sort_keys=True) == before
-    assert copy["cells"][1]["source"] == "> the note"
+    assert [copies.source_text(c) for c in copy["cells"][:2]] == ["# Chapter 4: the DMM", "> the note"]
     code = [c for c in copy["cells"] if c["cell_type"] == "code"]
     assert all(c["outputs"] == [] and c["execution_count"] is None and "execution" not in c["metadata"] for c in code)
     assert "widgets" not in copy["metadata"] and copy["metadata"]["accelerator"] == "GPU"
     assert copy["metadata"]["bedkd"] == {"colab_copy": True, "source": "chapters/04_dmm.ipynb"}
-    assert all("```{" not in student.source_text(c) for c in copy["cells"] if c["cell_type"] == "markdown")
+    text = "\n".join(copies.source_text(c) for c in copy["cells"] if c["cell_type"] == "markdown")
+    assert not LEFTOVER_MYST.search(text)
+    assert f"![The method]({RAW}chapters/figures/method.svg)" in text and "<details>" in text
+
+
+def test_in_a_student_copy_the_badge_stays_first():
+    copy = student.make_student_copy(colab_chapter(), source="chapters/04_dmm.ipynb", assets=RAW,
+                                     bibliography=BIBLIOGRAPHY, colab=f"{COLAB}/colab/student/04_dmm.ipynb")
+    copy = colab_copies.make_colab_copy(copy, source="student/04_dmm.ipynb", note="> the note")
+    texts = [copies.source_text(c) for c in copy["cells"][:3]]
+    assert texts[0].startswith("[![Open In Colab]") and texts[1:] == ["# Chapter 4: the DMM", "> the note"]
+    assert copy["metadata"]["bedkd"] == {"student_copy": True, "colab_copy": True, "source": "student/04_dmm.ipynb"}
+
+
+def test_gated_solutions_are_refused_in_the_full_copy():
+    with pytest.raises(copies.CopyError, match="cell 5: gated solutions"):
+        copies.plain_copy(chapter(), source="chapters/04_dmm.ipynb", assets=RAW, bibliography=BIBLIOGRAPHY)
 
 
 def book_with_config(root: Path) -> Path:
     scratch_book(root)
     nbformat.write(colab_chapter(), root / "chapters" / "04_dmm.ipynb")
-    (root / "_config.yml").write_text(yaml.safe_dump({
-        "repository": {"url": "https://github.com/org/repo", "branch": "main"},
-        "launch_buttons": {"colab_url": "https://colab.research.google.com"}}))
     return root
 
 
@@ -79,8 +72,12 @@ def test_generate_check_and_the_timing_note(tmp_path, capsys):
     note = json.loads(first)["cells"][1]["source"]
     assert "not been timed yet" in "".join(note)
     assert "https://colab.research.google.com/github/org/repo/blob/main/colab/student/04_dmm.ipynb" in "".join(note)
-    stubbed = (root / "colab" / "student" / "04_dmm.ipynb").read_text()
-    assert "THE_SECRET_ANSWER" in first and "THE_SECRET_ANSWER" not in stubbed and "NotImplementedError" in stubbed
+    stripped = json.loads((root / "colab" / "student" / "04_dmm.ipynb").read_text())
+    assert "THE_SECRET_ANSWER" in first and "THE_SECRET_ANSWER" not in json.dumps(stripped)
+    badge = "".join(stripped["cells"][0]["source"])
+    assert badge.startswith(f"[![Open In Colab]({student.BADGE})]({COLAB}/colab/student/04_dmm.ipynb)")
+    figure = f"]({RAW}chapters/figures/method.svg)"
+    assert figure in first and figure in json.dumps(stripped)
     assert colab_copies.main(["--root", str(root), "--check"]) == 0
 
     timings = root / colab_copies.TIMINGS
@@ -107,6 +104,26 @@ def test_the_bedkd_command_writes_colab_copies(tmp_path):
 def test_the_committed_colab_copies_are_up_to_date():
     problems = colab_copies.stale_files(root=REPO_ROOT)
     assert not problems, "colab/ is stale; run `bedkd colab-copies`:\n" + "\n".join(problems)
+
+
+COLAB_COPIES = sorted((REPO_ROOT / "colab").rglob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", COLAB_COPIES, ids=lambda p: p.relative_to(REPO_ROOT / "colab").as_posix())
+def test_each_committed_copy_renders_without_myst_and_links_online_figures(path):
+    nb = json.loads(path.read_text())
+    markdown = [copies.source_text(c) for c in nb["cells"] if c["cell_type"] == "markdown"]
+    for text in markdown:
+        assert not LEFTOVER_MYST.search(text), (path.name, LEFTOVER_MYST.search(text).group())
+    raw = copies.raw_url(root=REPO_ROOT)
+    images = [url for url in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", "\n".join(markdown)) if url != student.BADGE]
+    assert len(images) == (REPO_ROOT / "chapters" / path.name).read_text().count("{figure}")
+    for image in images:
+        assert image.startswith(raw) and (REPO_ROOT / image.removeprefix(raw)).is_file(), image
+    if path.parent.name == "student":
+        own = copies.colab_url(root=REPO_ROOT, path=path.relative_to(REPO_ROOT).as_posix())
+        assert markdown[0].startswith(f"[![Open In Colab]({student.BADGE})]({own})"), markdown[0]
+        assert not any("<details>" in text for text in markdown)
 
 
 def test_the_launch_button_opens_the_colab_copy():
