@@ -42,6 +42,9 @@ def test_the_student_copies_and_their_public_tests_match_the_masters():
 @pytest.mark.parametrize("master", sorted(masters().values()), ids=lambda p: p.stem)
 def test_a_student_copy_starts_with_setup_then_otter_and_carries_no_solution(master):
     student = json.loads((STUDENT / master.name).read_text())
+    badge = "".join(student["cells"][0]["source"])
+    assert f"colab.research.google.com/github/bedkd-book/bedkd-book/blob/main/assignments/student/{master.name}" \
+        in badge
     code = _code(student)
     assert code[0].strip() == SETUP_CELL.read_text().strip()
     assert code[1] == INIT_CELL.format(name=master.stem)

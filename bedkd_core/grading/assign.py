@@ -73,11 +73,22 @@ def _with_init_after_setup(cells: list[dict], *, path: Path) -> list[dict]:
     return kept[:at] + [init] + kept[at:]
 
 
+def _badge(name: str) -> dict:
+    """The student copy's first cell: its own "Open in Colab" badge."""
+    from ..copies import colab_url
+    from ..student import BADGE
+
+    url = colab_url(root=REPO_ROOT, path=f"assignments/student/{name}")
+    return {"cell_type": "markdown", "metadata": {},
+            "source": f"[![Open In Colab]({BADGE})]({url})\n\n> **Graded assignment.** Run the setup cell first; "
+                      f"`grader.check(...)` runs the public tests."}
+
+
 def normalised(path: Path) -> str:
-    """The student notebook as committed: otter's init after the setup cell, no outputs or execution counts,
-    stable cell ids, indent 1."""
+    """The student notebook as committed: its Colab badge first, otter's init after the setup cell, no outputs
+    or execution counts, stable cell ids, indent 1."""
     notebook = json.loads(path.read_text(encoding="utf-8"))
-    notebook["cells"] = _with_init_after_setup(notebook["cells"], path=path)
+    notebook["cells"] = [_badge(path.name)] + _with_init_after_setup(notebook["cells"], path=path)
     for index, cell in enumerate(notebook["cells"]):
         cell["id"] = f"{path.stem.replace('_', '-')}-{index:02d}"
         if cell.get("cell_type") == "code":
