@@ -87,3 +87,20 @@ def test_without_network_the_setup_cell_stops_with_one_line(tmp_path):
     assert re.fullmatch(r"UsageError: could not clone https://github\.com/\S+ \(fatal: .+\); connect to the "
                         r"internet and run this cell again", line), line
     assert not (tmp_path / "scratch" / copy.stem / "content" / "bedkd-book").exists()
+
+
+ASSIGNMENTS = sorted((REPO_ROOT / "assignments" / "student").glob("ch[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("copy", ASSIGNMENTS, ids=lambda p: p.stem)
+def test_an_assignment_runs_its_public_tests_in_the_simulated_colab(copy, tmp_path):
+    """The student copy as handed out: the setup cell installs bedkd_core and otter, otter finds the public tests
+    in the clone, and every grader.check cell reports (the stubs fail their tests; nothing else errors)."""
+    (run,) = colab_sim.simulate([copy], data=data_root(), cache=cache_dir(), keep=tmp_path, threads=THREADS)
+    assert not run.errors, run.errors
+    assert not run.freeze_changes, f"the install changed what Colab must keep: {run.freeze_changes}"
+    cells = nbformat.read(tmp_path / copy.name, as_version=4).cells
+    checks = [c for c in cells if c.cell_type == "code" and c.source.startswith("grader.check(")]
+    outputs = ["".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in c.outputs)
+               for c in checks]
+    assert len(checks) >= 2 and all("results:" in out and "NotImplementedError" in out for out in outputs), outputs
