@@ -258,7 +258,7 @@ class SynBkd(PoolAttack):
         if self.dataset == "sst2":
             return load_pool("sst2", "syntactic_pool", "train")
         if self.config.label_mode == "clean":
-            raise DataError(f"clean-label SynBkd needs paraphrases with their original labels; only sst2 has them")
+            raise DataError("clean-label SynBkd needs paraphrases with their original labels; only sst2 has them")
         if self.dataset == "olid":
             mixed = load_pool("olid", "syntactic_p20", "train")
             return mixed.filter(lambda r: r["poisoned"] == 1)

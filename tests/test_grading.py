@@ -4,7 +4,6 @@ The slow tests build chapter 6's autograder with `otter assign` once, then grade
 submissions (the student copy with its stubs filled in) and check each row; the fast ones cover the wire format,
 which cells run, gradients through the proxy and the command's errors.
 """
-import copy
 import json
 import zipfile
 from pathlib import Path
