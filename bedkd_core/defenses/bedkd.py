@@ -332,7 +332,7 @@ def evidence_count(*, beyond: np.ndarray, sizes: np.ndarray, config: BeDKDConfig
     if punished < config.min_punish:
         decision, supported = "trust-only: the evidence supports too few rows to punish", 0
     return {"rule": "evidence", "asked": n_rows, "beyond_clean_reference": {str(c): int(v) for c, v in
-            enumerate(beyond)}, "target": target, "expected_clean": round(expected_clean, 1), "span": span,
+            enumerate(beyond)}, "target": target, "expected_clean": round(float(expected_clean), 1), "span": span,
             "supported": supported, "decision": decision}
 
 
