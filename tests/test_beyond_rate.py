@@ -117,8 +117,8 @@ def test_select_epoch_replays_the_rule_on_a_stored_history():
     dev = [0.766, 0.773, 0.773, 0.766, 0.727, 0.703, 0.703, 0.711, 0.727, 0.73, 0.72, 0.74]
     watch = [1.0, 1.0, 1.0, 0.56, 0.125, 0.125, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     history = [{"epoch": e + 1, "dev_accuracy": d, "watch_label_rate": w} for e, (d, w) in enumerate(zip(dev, watch))]
-    assert select_epoch(history, dev_floor=0.78 - 0.02) == 4
-    assert select_epoch(history, dev_floor=0.78 - 2 * math.sqrt(.78 * .22 / 128)) == 12
+    assert select_epoch(history=history, dev_floor=0.78 - 0.02) == 4
+    assert select_epoch(history=history, dev_floor=0.78 - 2 * math.sqrt(.78 * .22 / 128)) == 12
 
 
 def test_akd_records_the_dev_floor_of_its_rule(monkeypatch):

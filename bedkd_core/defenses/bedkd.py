@@ -378,7 +378,7 @@ def _epoch_key(row: dict, *, dev_floor: float) -> tuple:
     return row["dev_accuracy"] < dev_floor, row["watch_label_rate"], -row["dev_accuracy"], -row["epoch"]
 
 
-def select_epoch(history: list[dict], *, dev_floor: float) -> int:
+def select_epoch(*, history: list[dict], dev_floor: float) -> int:
     """The epoch `akd`'s rule keeps from a history with watch and dev rates (it replays stored histories)."""
     return min(history, key=lambda row: _epoch_key(row, dev_floor=dev_floor))["epoch"]
 
