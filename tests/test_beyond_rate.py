@@ -138,3 +138,35 @@ def test_akd_records_the_dev_floor_of_its_rule(monkeypatch):
     _, history = bk.akd(Tiny(), None, clean=rows, poisoned=rows.select([]), config=config, watch=rows, dev=rows)
     floor = 0.75 - 2 * math.sqrt(0.75 * 0.25 / 128)
     assert history[0]["dev_floor"] == pytest.approx(floor) and [h["selected"] for h in history] == [False, True]
+
+
+def test_on_real_scores_the_evidence_count_shrinks_with_the_poisoned_rows(quick_badnets):
+    # The quick SST-2 BadNets victim (shared cache) and its DMM's scores on the defender's data. The oracle flags
+    # only build the thinned suspect sets (a row's scores do not depend on the other rows) and grade the picks.
+    from bedkd_core.defenses import bedkd as bk
+
+    data = quick_badnets.defender_data()
+    assert "is_poisoned" not in data.suspect.column_names
+    config = make_config(preset="quick-adaptive")
+    dmm_clean, akd_clean = bk.split_clean(data.clean, num_classes=2, dmm_per_class=config.dmm_per_class,
+                                          clean_per_class=config.clean_per_class, seed=config.seed)
+    teacher, tokenizer = quick_badnets.victim.model, quick_badnets.victim.tokenizer
+    dmm = bk.train_dmm(teacher, tokenizer, dmm_clean, num_classes=2, config=config)
+    scores = bk.agreement_scores(teacher, dmm, tokenizer, list(data.suspect["text"]), max_length=config.max_length)
+    reference = bk.agreement_scores(teacher, dmm, tokenizer, list(akd_clean["text"]), max_length=config.max_length)
+    reference["labels"] = np.asarray(akd_clean["label"])
+    labels, poisoned = np.asarray(data.suspect["label"]), np.asarray(quick_badnets.poisoned.is_poisoned, bool)
+    for keep in (200, 20, 0):
+        rows = np.r_[np.flatnonzero(~poisoned), np.flatnonzero(poisoned)[:keep]]
+        sub = {name: value[rows] for name, value in scores.items()}
+        picks = {}
+        for preset in ("quick", "quick-adaptive"):
+            kept, info = identify_poisoned(scores=sub, labels=labels[rows], reference=reference, n_rows=48,
+                                           num_classes=2, config=make_config(preset=preset))
+            picks[preset] = (kept, info)
+        kept, info = picks["quick-adaptive"]
+        assert len(picks["quick"][0]) == 48  # the fixed count always fills its quota
+        assert len(kept) <= min(48, keep + 2)
+        assert poisoned[rows][kept].mean() >= 0.9 if len(kept) else info["count"]["decision"].startswith("trust")
+        if keep == 200:
+            assert info["count"]["decision"] == "as asked" and kept.tolist() == picks["quick"][0].tolist()
