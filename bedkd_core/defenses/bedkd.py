@@ -29,7 +29,7 @@ from .bedkd_config import PRESETS, BeDKDConfig, configure, make_config
 
 __all__ = ["BeDKDConfig", "PRESETS", "make_config", "configure", "check", "distillation_loss", "flip_labels",
            "split_clean", "dmm_cache_path", "train_dmm", "agreement_scores", "log_odds", "infer_target",
-           "identify_poisoned", "akd", "bedkd"]
+           "identify_poisoned", "evidence_count", "dev_tolerance", "select_epoch", "akd", "bedkd"]
 """The stages a chapter can call on its own, and the config they share (defined in `bedkd_config`)."""
 
 
@@ -271,6 +271,11 @@ def identify_poisoned(*, scores: dict, labels, config: BeDKDConfig, n_rows: int,
         info["n_candidates"] = int(len(candidates))
         return np.asarray(kept, dtype=int), info
     eligible = (score < config.tau) & consistent
+    if config.count == "evidence":
+        rows, info["count"] = _evidence_rows(scores=scores, labels=labels, eligible=eligible, reference=reference,
+                                             config=config, n_rows=n_rows, num_classes=num_classes)
+        info.update(inferred_target=info["count"]["target"], refine=config.refine, n_candidates=int(eligible.sum()))
+        return rows, info
     if config.infer_target and reference is not None:
         target, excess = infer_target(suspect_labels=labels, suspect_scores=np.where(consistent, score, np.inf),
                                       reference_labels=reference["labels"], reference_scores=reference["score"],
@@ -284,13 +289,10 @@ def identify_poisoned(*, scores: dict, labels, config: BeDKDConfig, n_rows: int,
         order = np.argsort(-margin, kind="stable")
         ranked, margin = ranked[order], margin[order]
         if reference is not None and "dmm_prob" in reference:  # candidates beyond every clean row of their class
-            ref_labels = np.asarray(reference["labels"])
-            ref_odds = log_odds(probs=reference["dmm_prob"], labels=ref_labels)
-            ceiling = np.array([ref_odds[ref_labels == c].max(initial=-np.inf) for c in range(num_classes)])
-            confident = int((margin > ceiling[labels[ranked]]).sum())
+            confident = int((margin > _reference_ceiling(reference, num_classes)[labels[ranked]]).sum())
             info["n_above_clean_reference"] = confident
             if confident > n_rows:  # spread the picks over them: the top ranks favour the strongest trigger
-                picks = np.unique(np.round(np.linspace(0, confident - 1, n_rows)).astype(int))
+                picks = _spread(confident, n_rows)
                 ranked, margin = ranked[picks], margin[picks]
         kept = margin[:n_rows]
         info["dmm_log_odds_kept"] = [round(float(kept[0]), 2), round(float(kept[-1]), 2)] if len(kept) else []
@@ -300,12 +302,85 @@ def identify_poisoned(*, scores: dict, labels, config: BeDKDConfig, n_rows: int,
     return ranked[:n_rows].astype(int), info
 
 
+def _reference_ceiling(reference: dict, num_classes: int) -> np.ndarray:
+    """Per class, the highest DMM log-odds for its own label among the defender's clean reference rows."""
+    ref_labels = np.asarray(reference["labels"])
+    ref_odds = log_odds(probs=reference["dmm_prob"], labels=ref_labels)
+    return np.array([ref_odds[ref_labels == c].max(initial=-np.inf) for c in range(num_classes)])
+
+
+def _spread(n_ranks: int, n_picks: int) -> np.ndarray:
+    return np.unique(np.round(np.linspace(0, n_ranks - 1, n_picks)).astype(int))
+
+
+def evidence_count(*, beyond: np.ndarray, sizes: np.ndarray, config: BeDKDConfig, n_rows: int) -> dict:
+    """How many of the `n_rows` asked the evidence supports, and the decision with its inputs.
+
+    `beyond[c]`: candidates of class c beyond every clean reference row of c; `sizes[c]`: suspect rows of c
+    (both arrays).
+    Poisoned rows pile up in the target class (the most such rows); the other classes' rate of such rows, which
+    holds no poison, estimates the clean rows among them. Fewer punished rows than `min_punish` punish none.
+    """
+    target = int(beyond.argmax()) if beyond.any() else None
+    others = [c for c in range(len(sizes)) if c != target and sizes[c]]
+    clean_rate = float(np.mean([beyond[c] / sizes[c] for c in others])) if others and target is not None else 0.0
+    expected_clean = clean_rate * sizes[target] if target is not None else 0.0
+    span = max(0, int(np.floor(beyond[target] - expected_clean))) if target is not None else 0
+    supported = min(n_rows, span)
+    punished = supported - int(round(supported * config.holdout / (config.n_poison + config.holdout)))
+    decision = "as asked" if supported == n_rows else "fewer than asked"
+    if punished < config.min_punish:
+        decision, supported = "trust-only: the evidence supports too few rows to punish", 0
+    return {"rule": "evidence", "asked": n_rows, "beyond_clean_reference": {str(c): int(v) for c, v in
+            enumerate(beyond)}, "target": target, "expected_clean": round(float(expected_clean), 1), "span": span,
+            "supported": supported, "decision": decision}
+
+
+def _evidence_rows(*, scores: dict, labels, eligible, reference, config: BeDKDConfig, n_rows: int,
+                   num_classes: int) -> tuple[np.ndarray, dict]:
+    """count='evidence': the target class's candidates beyond the clean reference, as many as `evidence_count`
+    supports, spread over the top `span` ranks (firmest DMM log-odds first)."""
+    rows = np.flatnonzero(eligible)
+    margin = log_odds(probs=scores["dmm_prob"][rows], labels=labels[rows])
+    order = np.argsort(-margin, kind="stable")
+    rows, margin = rows[order], margin[order]
+    ceiling = _reference_ceiling(reference, num_classes) if reference is not None else np.full(num_classes, np.inf)
+    beyond = margin > ceiling[labels[rows]]
+    count = evidence_count(beyond=np.bincount(labels[rows][beyond], minlength=num_classes),
+                           sizes=np.bincount(labels, minlength=num_classes), config=config, n_rows=n_rows)
+    if not count["supported"]:
+        return np.zeros(0, dtype=int), count
+    top = np.flatnonzero(beyond & (labels[rows] == count["target"]))[: count["span"]]
+    picks = top[_spread(len(top), count["supported"])]
+    count["dmm_log_odds_kept"] = [round(float(margin[picks[0]]), 2), round(float(margin[picks[-1]]), 2)]
+    return rows[picks].astype(int), count
+
+
 # ---------------------------------------------------------------- stage 3: AKD (chapter 5)
 
 def _label_rate(model, tokenizer, data: Dataset, *, max_length: int) -> float:
     """Share of `data`'s rows that `model` predicts as their given label."""
     predicted = predict_proba(model, tokenizer, list(data["text"]), max_length=max_length).argmax(1)
     return float((predicted == np.asarray(data["label"])).mean())
+
+
+def dev_tolerance(*, config: BeDKDConfig, teacher_accuracy: float, n_dev: int) -> float:
+    """Accuracy on dev the kept epoch may lose: `dev_tolerance`, or dev_k·sqrt(p(1−p)/n_dev) (at least 1/n_dev)."""
+    if config.dev_rule == "fixed":
+        return config.dev_tolerance
+    p = teacher_accuracy
+    return max(config.dev_k * float(np.sqrt(p * (1 - p) / n_dev)), 1.0 / n_dev)
+
+
+def _epoch_key(row: dict, *, dev_floor: float) -> tuple:
+    """Smallest is kept: dev accuracy not under the floor, fewest watched rows keeping their label, higher dev
+    accuracy, later epoch."""
+    return row["dev_accuracy"] < dev_floor, row["watch_label_rate"], -row["dev_accuracy"], -row["epoch"]
+
+
+def select_epoch(*, history: list[dict], dev_floor: float) -> int:
+    """The epoch `akd`'s rule keeps from a history with watch and dev rates (it replays stored histories)."""
+    return min(history, key=lambda row: _epoch_key(row, dev_floor=dev_floor))["epoch"]
 
 
 def akd(teacher, tokenizer, *, clean: Dataset, poisoned: Dataset, config: BeDKDConfig, on_epoch=None,
@@ -325,7 +400,9 @@ def akd(teacher, tokenizer, *, clean: Dataset, poisoned: Dataset, config: BeDKDC
     step = dict(scaler=scaler, temperature=config.temperature_akd, config=config)
     selecting = watch is not None and len(watch) > 0 and dev is not None and len(dev) > 0
     if selecting:
-        dev_floor = _label_rate(teacher, tokenizer, dev, max_length=config.max_length) - config.dev_tolerance
+        teacher_accuracy = _label_rate(teacher, tokenizer, dev, max_length=config.max_length)
+        dev_floor = teacher_accuracy - dev_tolerance(config=config, teacher_accuracy=teacher_accuracy,
+                                                     n_dev=len(dev))
         best_key, best_state = None, None
     history = []
     for epoch in progress(range(1, config.akd_epochs + 1), desc="AKD", leave=False):
@@ -337,9 +414,9 @@ def akd(teacher, tokenizer, *, clean: Dataset, poisoned: Dataset, config: BeDKDC
         if selecting:
             watch_rate = _label_rate(student, tokenizer, watch, max_length=config.max_length)
             dev_accuracy = _label_rate(student, tokenizer, dev, max_length=config.max_length)
-            history[-1].update(watch_label_rate=watch_rate, dev_accuracy=dev_accuracy)
-            key = (dev_accuracy < dev_floor, watch_rate, -dev_accuracy)  # ties: the later epoch
-            if best_key is None or key <= best_key:
+            history[-1].update(watch_label_rate=watch_rate, dev_accuracy=dev_accuracy, dev_floor=dev_floor)
+            key = _epoch_key(history[-1], dev_floor=dev_floor)
+            if best_key is None or key < best_key:
                 best_key, best_state = key, {k: v.detach().clone() for k, v in student.state_dict().items()}
                 best_epoch = epoch
         if on_epoch is not None:
@@ -387,13 +464,15 @@ def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None, ora
                                          config=config, n_rows=config.n_poison + config.holdout,
                                          num_classes=data.num_classes)
     watch = np.zeros(len(ranked), dtype=bool)  # every k-th identified row is watched, so both sets span the ranks
-    n_watch = min(config.holdout, max(0, len(ranked) - config.n_poison))
+    n_watch = min(config.holdout, max(0, len(ranked) - config.n_poison)) if config.count == "fixed" else \
+        int(round(len(ranked) * config.holdout / (config.n_poison + config.holdout)))  # the n_poison:holdout ratio
     if n_watch:
         step = len(ranked) / n_watch
         watch[(np.arange(n_watch) * step + step / 2).astype(int)] = True
     flagged, watched = ranked[~watch], ranked[watch]
     if len(flagged) == 0:
         why = "n_poison = 0 asks for no punished rows" if config.n_poison == 0 else \
+            "the evidence supports no row to punish" if "count" in info else \
             "BeDKD found no suspect sample under tau"
         warnings.warn(f"{why}: AKD runs trust distillation only", stacklevel=2)
         info["warning"] = f"{why}; AKD ran trust-only"

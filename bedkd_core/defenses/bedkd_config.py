@@ -15,7 +15,8 @@ from .base import DefenseConfig
 class BeDKDConfig(DefenseConfig):
     """Every BeDKD hyperparameter. `faithful` is the reference code's behaviour; `fixed` (default) mends it."""
 
-    preset: Literal["fixed", "faithful", "quick"] = option("fixed", "named preset the other options override")
+    preset: Literal["fixed", "faithful", "quick", "adaptive", "quick-adaptive"] = option(
+        "fixed", "named preset the other options override")
     dmm_per_class: int = option(80, "clean rows per class the DMM trains on")
     clean_per_class: int = option(320, "clean rows per class AKD trust-distils on")
     dmm_epochs: int = option(20, "DMM training epochs")
@@ -32,6 +33,16 @@ class BeDKDConfig(DefenseConfig):
         "Weight of the hidden-state MSE term (1 in the reference; 0 drops it, an ablation).")
     tau: float = option(0.1, "agreement-score threshold under which a suspect row is a candidate")
     n_poison: int = option(32, "identified rows AKD punishes")
+    count: Literal["fixed", "evidence"] = option(
+        "fixed",
+        "How many identified rows to take: `fixed` (n_poison + holdout) or `evidence` (no more than the "
+        "defender's evidence supports: the candidates beyond every clean reference row of their class, "
+        "and no more than the target class's excess under tau over the clean reference's rate; punished "
+        "and held-out rows keep the n_poison : holdout ratio). Needs scan=`rank` and refine=`direction`.")
+    min_punish: int = option(
+        4,
+        "With count=`evidence`: when the evidence supports fewer punished rows than this, punish none "
+        "(trust distillation only) rather than punish rows that may be clean.")
     max_candidates: int | None = option(
         None,
         "Faithful: stop scanning the suspect set in file order after this many candidates (128).")
@@ -70,6 +81,12 @@ class BeDKDConfig(DefenseConfig):
         "label, among epochs whose accuracy on the DMM's clean rows (true labels; AKD never trains on "
         "them) is within `dev_tolerance` of the teacher's. 0 keeps the last epoch, as the reference does.")
     dev_tolerance: float = option(0.02, "accuracy the kept epoch may lose on the DMM's clean rows")
+    dev_rule: Literal["fixed", "stderr"] = option(
+        "fixed",
+        "Width of the epoch rule's dev band: `fixed` (dev_tolerance) or `stderr` (dev_k standard errors "
+        "of the teacher's dev accuracy p, k·sqrt(p(1-p)/n_dev), and at least one dev row: a band as wide "
+        "as the dev set's own noise).")
+    dev_k: float = option(2.0, "With dev_rule=`stderr`: standard errors the kept epoch may lose on dev")
     cache_teacher: bool = option(
         True,
         "Compute the frozen teacher's outputs once per fixed batch (the reference recomputes them every "
@@ -85,6 +102,13 @@ class BeDKDConfig(DefenseConfig):
     seed: int = option(42, "random seed of BeDKD's sampling and training")
     curve_every: int = option(0, "Record CACC/ASR on the curve set every N AKD epochs (0 = never).")
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.count == "evidence" and (self.identify, self.scan, self.refine) != ("agreement", "rank", "direction"):
+            raise DataError("count='evidence' weighs the DMM's evidence: it needs identify='agreement', "
+                            f"scan='rank' and refine='direction' (got {self.identify!r}, {self.scan!r}, "
+                            f"{self.refine!r})")
+
     def hooks(self) -> frozenset[str]:
         """The training curve when `curve_every` asks for one; the truly poisoned rows for the oracle ablation."""
         return frozenset({"curve_fn"} if self.curve_every else ()) | \
@@ -97,13 +121,17 @@ PRESETS = {
                      punish_bound=None, holdout=0),
     "quick": dict(dmm_per_class=64, clean_per_class=64, dmm_epochs=10, akd_epochs=12, batching="by_length"),
 }
+_ADAPTIVE = dict(count="evidence", dev_rule="stderr")
+PRESETS |= {"adaptive": _ADAPTIVE, "quick-adaptive": {**PRESETS["quick"], **_ADAPTIVE}}
 """Named presets; `quick` shrinks the fixed preset to run in minutes on 2 CPU cores.
 
 quick also cuts its batches by length (half the padding, about a third less time on a CPU). It trades clean rows for
 epochs: 12 epochs of 8 trust + 2 punish batches, not 6 of 16 + 2. The punished
 rows need about that many ascent steps before they lose the target label (SST-2 AddSent, CPU, seed 0, on the
 earlier quick victim of two shuffled epochs: the watched rows still kept it at epoch 5 of 6, ASR 0.87; with 12
-epochs ASR 0.014, CACC unchanged)."""
+epochs ASR 0.014, CACC unchanged). `adaptive` is fixed for a defender who does not know the poison rate: it
+punishes only as many rows as its evidence supports and sizes the epoch rule's dev band by the dev set's standard
+error; `quick-adaptive` is the same change on quick."""
 
 
 def make_config(*, preset: str = "fixed", **overrides) -> BeDKDConfig:
