@@ -194,6 +194,7 @@ def probe_page(vendored_js, tmp_path_factory) -> Path:
     for name in ("_config.yml", "references.bib"):  # the config names the bibliography file
         shutil.copy(REPO_ROOT / name, book)
     shutil.copytree(vendored_js, book / vendored_js.name)
+    shutil.copytree(REPO_ROOT / "chapters" / "_css", book / "chapters" / "_css")  # html_static_path names it
     (book / "_toc.yml").write_text("format: jb-book\nroot: chapters/03_widget_probe\n")
     setup_cell = (REPO_ROOT / "chapters" / "_setup_cell.py").read_text().rstrip("\n")
     probe = nbformat.v4.new_notebook(
