@@ -223,7 +223,7 @@ def probe_page(vendored_js, tmp_path_factory) -> Path:
         ],
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
     )
-    (book / "chapters").mkdir()
+    (book / "chapters").mkdir(exist_ok=True)
     nbformat.write(probe, book / "chapters" / "03_widget_probe.ipynb")
     return build_book(book, book / "out") / "chapters" / "03_widget_probe.html"
 
