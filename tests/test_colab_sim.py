@@ -95,9 +95,10 @@ ASSIGNMENTS = sorted((REPO_ROOT / "assignments" / "student").glob("ch[0-9][0-9]_
 @pytest.mark.parametrize("copy", ASSIGNMENTS, ids=lambda p: p.stem)
 def test_an_assignment_runs_its_public_tests_in_the_simulated_colab(copy, tmp_path):
     """The student copy as handed out: the setup cell installs bedkd_core and otter, otter finds the public tests
-    in the clone, and every grader.check cell reports (the stubs fail their tests; nothing else errors)."""
+    in the clone, and every grader.check cell reports (the stubs fail their tests; only the stubs raise)."""
     (run,) = colab_sim.simulate([copy], data=data_root(), cache=cache_dir(), keep=tmp_path, threads=THREADS)
-    assert not run.errors, run.errors
+    unexpected = [e for e in run.errors if not re.fullmatch(r"cell \d+: NotImplementedError: \w+", e)]
+    assert not unexpected, unexpected  # a demo cell that calls a stub may raise its NotImplementedError
     assert not run.freeze_changes, f"the install changed what Colab must keep: {run.freeze_changes}"
     cells = nbformat.read(tmp_path / copy.name, as_version=4).cells
     checks = [c for c in cells if c.cell_type == "code" and c.source.startswith("grader.check(")]
