@@ -106,8 +106,8 @@ def probabilities(dataset: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=None)
-def distillation_batch(dataset: str) -> dict:
-    """Real student/teacher logits and last hidden states for 16 test sentences, with their labels.
+def distillation_batch(dataset: str, *, seed: int = 1) -> dict:
+    """Real student/teacher logits and last hidden states for 16 test sentences (drawn with `seed`), with labels.
 
     The student is MiniLM with the seed-1 head in train mode (dropout on, as during AKD), the teacher MiniLM with
     the seed-0 head in eval mode, so logits and hidden states differ. The batch is padded: padding counts in the MSE.
@@ -116,7 +116,7 @@ def distillation_batch(dataset: str) -> dict:
 
     from ..data import NUM_CLASSES
 
-    texts, labels = sentences(dataset, 16, seed=1)
+    texts, labels = sentences(dataset, 16, seed=seed)
     k = NUM_CLASSES[dataset]
     s_logits, s_hidden, mask = _forward(texts, train=True)
     t_logits, t_hidden, _ = _forward(texts)
