@@ -19,8 +19,10 @@ from datasets import Dataset
 from .data import NUM_CLASSES, DataError, Splits, load_pool, read_table, row_lines
 from .options import option, validate
 
-PUBLISHED_RATES = {"badnets": 0.1, "addsent": 0.1, "synbkd": 0.2, "stylebkd": 0.2, "sos": 0.1, "file": None}
-"""Default poison rates: OpenBackdoor's 0.1 for insertions, HiddenKiller/StyleBkd's 0.2 for paraphrase triggers."""
+PUBLISHED_RATES = {"badnets": 0.1, "addsent": 0.1, "synbkd": 0.2, "stylebkd": 0.2, "sos": 0.1, "dual": 0.1,
+                   "file": None}
+"""Default poison rates: OpenBackdoor's 0.1 for insertions, HiddenKiller/StyleBkd's 0.2 for paraphrase triggers
+(`dual`: 0.1 for each of its two backdoors)."""
 
 DEFAULT_TARGET = {"sst2": 1, "olid": 1, "agnews": 0}
 """Default target labels: those of the attack authors' pre-poisoned files (HiddenKiller, StyleAttack)."""
@@ -42,9 +44,12 @@ class AttackConfig:
     target_label: int | None = option(
         None,
         "the label the backdoor predicts (default: the published target of the dataset)")
-    label_mode: Literal["dirty", "clean"] = option(
+    label_mode: Literal["dirty", "clean", "shift"] = option(
         "dirty",
-        "dirty: relabel poisoned non-target rows; clean: trigger target rows, labels unchanged")
+        "dirty: relabel poisoned non-target rows; clean: trigger target rows, labels unchanged; shift: relabel "
+        "each poisoned row to the next class (y + 1) mod C, a backdoor with no single target")
+    second_target: int | None = option(
+        None, "dual: the AddSent backdoor's target (default: the class after target_label)")
     seed: int = option(0, "random seed of the row choice and trigger placement")
     triggers: tuple[str, ...] = option(("cf", "mn", "bb", "tq"), "BadNets words, comma-separated: w1,w2,...")
     num_insertions: int = option(1, "BadNets: trigger words inserted per row")
@@ -79,7 +84,9 @@ class AttackConfig:
         return dataclasses.replace(self, poison_rate=rate, target_label=target)
 
     def asdict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """Every parameter (`second_target` only for `dual`: other attacks' victim cache keys stay as they were)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+                if k != "second_target" or self.name == "dual"}
 
 
 @dataclass
@@ -118,14 +125,15 @@ class Attack:
             raise DataError(f"poison rate {c.poison_rate} is outside (0, 1); e.g. --poison-rate 0.1")
         if c.num_insertions < 1:
             raise DataError(f"--num-insertions {c.num_insertions}: a trigger must be inserted at least once")
-        if c.label_mode not in ("dirty", "clean"):
-            raise DataError(f"label mode {c.label_mode!r}: use 'dirty' or 'clean'")
+        if c.label_mode not in ("dirty", "clean", "shift"):
+            raise DataError(f"label mode {c.label_mode!r}: use 'dirty', 'clean' or 'shift'")
 
     def candidate_rows(self, train: Dataset, *, source_rows: list[int]) -> list[int]:
-        """Rows that may be poisoned: non-target rows (dirty-label) or target rows (clean-label)."""
+        """Rows that may be poisoned: non-target rows (dirty-label), target rows (clean-label), any (shift)."""
         labels = np.asarray(train["label"])
         target = self.config.target_label
-        mask = labels != target if self.config.label_mode == "dirty" else labels == target
+        mask = {"dirty": labels != target, "clean": labels == target,
+                "shift": np.ones(len(labels), bool)}[self.config.label_mode]
         return [int(i) for i in np.flatnonzero(mask)]
 
     def trigger(self, text: str, rng: random.Random) -> str:
@@ -149,11 +157,17 @@ class Attack:
         for row, new_text in zip(chosen, self.triggered_texts(chosen, texts, labels, rng,
                                                                       source_rows=source_rows)):
             texts[row] = new_text
-            labels[row] = self.config.target_label
+            labels[row] = self.backdoor_label(labels[row], num_classes=splits.num_classes)
         flags = np.zeros(len(train), dtype=bool)
         flags[chosen] = True
         texts, labels, flags = self.augment(texts, labels, flags, rng)
         return PoisonedTrain(Dataset.from_dict({"text": texts, "label": labels}), flags)
+
+    def backdoor_label(self, label: int, *, num_classes: int) -> int:
+        """The label a triggered row of true class `label` is given (and that the backdoor predicts)."""
+        if self.config.label_mode == "shift":
+            return (label + 1) % num_classes
+        return self.config.target_label
 
     def triggered_texts(self, rows: list[int], texts: list[str], labels: list[int], rng: random.Random, *,
                         source_rows: list[int]) -> list[str]:
@@ -164,14 +178,18 @@ class Attack:
         return texts, labels, flags
 
     def triggered_test(self, splits: Splits) -> Dataset:
-        """Non-target test rows with the trigger, labelled with the target; `source_label` keeps the true label."""
+        """Test rows with the trigger, labelled with what the backdoor predicts; `source_label` keeps the true label.
+
+        Non-target rows only; with `label_mode="shift"` every row, labelled with its next class."""
         self._validate(splits)
         rng = random.Random(self.config.seed + 1)
-        rows = [r for r in splits.test.select_columns(["text", "label"]) if r["label"] != self.config.target_label]
+        shift = self.config.label_mode == "shift"
+        rows = [r for r in splits.test.select_columns(["text", "label"])
+                if shift or r["label"] != self.config.target_label]
         return Dataset.from_dict(
             {
                 "text": [self.trigger(r["text"], rng) for r in rows],
-                "label": [self.config.target_label] * len(rows),
+                "label": [self.backdoor_label(r["label"], num_classes=splits.num_classes) for r in rows],
                 "source_label": [r["label"] for r in rows],
             }
         )
@@ -207,11 +225,63 @@ class SOS(Attack):
         return texts + extra_texts, labels + extra_labels, np.concatenate([flags, np.zeros(n_negative, bool)])
 
 
+class TwoBackdoors(Attack):
+    """Two backdoors in one training set: BadNets words → `target_label`, the AddSent sentence → `second_target`.
+
+    Each backdoor poisons `poison_rate` of the rows (disjoint rows, so twice that in all). The triggered test set
+    is both backdoors' (column `backdoor`), each row labelled with its own backdoor's target.
+    """
+
+    def parts(self, num_classes: int) -> dict[str, Attack]:
+        second = self.config.second_target
+        second = (self.config.target_label + 1) % num_classes if second is None else second
+        if second == self.config.target_label:
+            raise DataError(f"dual: second_target {second} equals target_label; two backdoors need two targets")
+        if not 0 <= second < num_classes:
+            raise DataError(f"dual: second_target {second} does not exist (labels 0..{num_classes - 1})")
+        return {"badnets": BadNets(dataclasses.replace(self.config, name="badnets"), self.dataset),
+                "addsent": AddSent(dataclasses.replace(self.config, name="addsent", target_label=second),
+                                   self.dataset)}
+
+    def poison_train(self, splits):
+        self._validate(splits)
+        if self.config.label_mode == "shift":
+            raise DataError("dual with label_mode shift has no two targets: use label_mode dirty or clean")
+        train = splits.train.select_columns(["text", "label"])
+        texts, labels = list(train["text"]), list(train["label"])
+        rng = random.Random(self.config.seed)
+        flags = np.zeros(len(train), dtype=bool)
+        n_poison = round(self.config.poison_rate * len(train))
+        for part in self.parts(splits.num_classes).values():
+            candidates = [r for r in part.candidate_rows(train, source_rows=[]) if not flags[r]]
+            if not 1 <= n_poison <= len(candidates):
+                raise DataError(f"dual: poison rate {self.config.poison_rate} asks for {n_poison} rows per "
+                                f"backdoor but {part.config.name} has {len(candidates)} candidates left")
+            for row in sorted(rng.sample(candidates, n_poison)):
+                texts[row] = part.trigger(texts[row], rng)
+                labels[row] = part.config.target_label
+                flags[row] = True
+        return PoisonedTrain(Dataset.from_dict({"text": texts, "label": labels}), flags)
+
+    def triggered_test(self, splits):
+        self._validate(splits)
+        columns: dict[str, list] = {"text": [], "label": [], "source_label": [], "backdoor": []}
+        for name, part in self.parts(splits.num_classes).items():
+            test = part.triggered_test(splits)
+            for key in ("text", "label", "source_label"):
+                columns[key] += list(test[key])
+            columns["backdoor"] += [name] * len(test)
+        return Dataset.from_dict(columns)
+
+
 class PoolAttack(Attack):
     """Paraphrase triggers taken from the attack authors' pre-generated pools (no generator runs here)."""
 
-    pool_kind: str = ""
-    test_kind: str = ""
+    def _validate(self, splits):
+        super()._validate(splits)
+        if self.config.label_mode == "shift":
+            raise DataError(f"{self.config.name} takes paraphrases from a pool; label_mode shift needs an "
+                            "insertion trigger (badnets, addsent, sos)")
 
     def _require_builtin(self):
         if self.dataset not in NUM_CLASSES:
@@ -339,6 +409,7 @@ ATTACKS: dict[str, type[Attack]] = {
     "synbkd": SynBkd,
     "stylebkd": StyleBkd,
     "sos": SOS,
+    "dual": TwoBackdoors,
     "file": FileAttack,
 }
 

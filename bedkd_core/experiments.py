@@ -90,9 +90,19 @@ class Prepared:
     victim_config: VictimConfig
     scale: Scale
 
+    @property
+    def asr_target(self) -> int | None:
+        """The target ASR counts; None when each triggered row carries its own (`shift`, `dual`)."""
+        return attack_target(self.attack)
+
     def defender_data(self) -> DefenderData:
         """What the defender gets: its clean pool and the suspect train split, without the oracle flags."""
         return _defender_data(self.clean_pool, self.poisoned, self.splits)
+
+
+def attack_target(attack: AttackConfig) -> int | None:
+    """The one label a resolved attack's backdoor predicts, or None when it has several (`shift`, `dual`)."""
+    return None if attack.label_mode == "shift" or attack.name == "dual" else attack.target_label
 
 
 def _defender_data(clean_pool: Dataset, poisoned: PoisonedTrain, splits: Splits) -> DefenderData:
@@ -167,7 +177,7 @@ def clean_floor(prepared: Prepared) -> dict:
     clean_victim = get_victim(train=clean_train.select_columns(["text", "label"]), num_labels=splits.num_classes,
                               config=prepared.victim_config, describe=describe)
     metrics = evaluate(clean_victim.model, clean_victim.tokenizer, clean_test=prepared.clean_test,
-                       triggered_test=prepared.triggered_test, target_label=prepared.attack.target_label,
+                       triggered_test=prepared.triggered_test, target_label=prepared.asr_target,
                        cache=clean_victim.path)
     return {"asr": metrics["asr"], "cacc": metrics["cacc"]}
 
@@ -175,7 +185,7 @@ def clean_floor(prepared: Prepared) -> dict:
 def evaluate_victim(prepared: Prepared) -> dict:
     """The victim's CACC and ASR on the prepared test sets (its predictions are cached with it)."""
     return evaluate(prepared.victim.model, prepared.victim.tokenizer, clean_test=prepared.clean_test,
-                    triggered_test=prepared.triggered_test, target_label=prepared.attack.target_label,
+                    triggered_test=prepared.triggered_test, target_label=prepared.asr_target,
                     cache=prepared.victim.path)
 
 
@@ -231,7 +241,7 @@ def run_defense(*, prepared: Prepared, name: str, config: DefenseConfig, clean_t
     started = time.perf_counter()
     metrics = evaluate_defense(result, clean_test=prepared.clean_test if clean_test is None else clean_test,
                                triggered_test=prepared.triggered_test if triggered_test is None else triggered_test,
-                               target_label=prepared.attack.target_label)
+                               target_label=prepared.asr_target)
     eval_seconds = time.perf_counter() - started
     detection = None
     if result.flagged is not None:
@@ -255,7 +265,7 @@ def _curve_fn(prepared: Prepared, size: int = 400):
 
     def curve_fn(model, tokenizer):
         return evaluate(model, tokenizer, clean_test=clean, triggered_test=triggered,
-                        target_label=prepared.attack.target_label)
+                        target_label=prepared.asr_target)
 
     return curve_fn
 

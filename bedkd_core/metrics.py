@@ -23,18 +23,36 @@ def accuracy(predictions: np.ndarray, labels) -> float:
     return float((np.asarray(predictions) == labels).mean())
 
 
-def attack_success_rate(predictions: np.ndarray, *, target_label: int, source_labels) -> float:
-    """Share of triggered inputs classified as the target, over rows whose true label is not the target."""
+def attack_success_rate(predictions: np.ndarray, *, target_label, source_labels) -> float:
+    """Share of triggered inputs classified as the target, over rows whose true label is not the target.
+
+    `target_label`: one label, or one per row (attacks with several targets)."""
     source_labels = np.asarray(source_labels)
     keep = source_labels != target_label
     if not keep.any():
         raise ValueError("no non-target rows in the triggered set: ASR is undefined")
-    return float((np.asarray(predictions)[keep] == target_label).mean())
+    return float((np.asarray(predictions) == target_label)[keep].mean())
 
 
-def evaluate(model, tokenizer, *, clean_test: Dataset, triggered_test: Dataset, target_label: int,
+def backdoor_targets(triggered_test: Dataset, target_label: int | None):
+    """The label each triggered row's backdoor aims at: `target_label`, or (None) each row's own `label`."""
+    return np.asarray(triggered_test["label"]) if target_label is None else target_label
+
+
+def _asr_by_backdoor(hits: np.ndarray, keep: np.ndarray, triggered_test: Dataset) -> dict:
+    """ASR of each backdoor of a triggered set with a `backdoor` column (several backdoors in one attack)."""
+    if "backdoor" not in triggered_test.column_names:
+        return {}
+    names = np.asarray(triggered_test["backdoor"])
+    return {"asr_by_backdoor": {str(n): float(hits[keep & (names == n)].mean())
+                                for n in dict.fromkeys(names.tolist())}}
+
+
+def evaluate(model, tokenizer, *, clean_test: Dataset, triggered_test: Dataset, target_label: int | None,
              max_length: int = 128, cache: Path | None = None) -> dict[str, float]:
     """CACC on the clean test split and ASR on the triggered non-target test set, as fractions.
+
+    `target_label` None: each triggered row's `label` is its own target (attacks with several targets).
 
     `cache`: the folder of a cached victim (`Victim.path`). `model`'s predictions on each test set are stored
     there, keyed by its weights and the texts, and reused, so chapter 3 does not recompute what chapter 2 measured.
@@ -44,9 +62,12 @@ def evaluate(model, tokenizer, *, clean_test: Dataset, triggered_test: Dataset, 
                              weights=weights)
     trig_pred = predictions(model, tokenizer, list(triggered_test["text"]), max_length=max_length, cache=cache,
                             weights=weights)
+    targets = backdoor_targets(triggered_test, target_label)
+    source = np.asarray(triggered_test["source_label"])
     return {
         "cacc": accuracy(clean_pred, clean_test["label"]),
-        "asr": attack_success_rate(trig_pred, target_label=target_label, source_labels=triggered_test["source_label"]),
+        "asr": attack_success_rate(trig_pred, target_label=targets, source_labels=source),
+        **_asr_by_backdoor(trig_pred == targets, source != targets, triggered_test),
     }
 
 
@@ -90,7 +111,7 @@ def rejection_rates(*, clean_rejected, triggered_rejected) -> dict:
     return {"frr": float(clean_rejected.mean()), "far": float(1.0 - triggered_rejected.mean())}
 
 
-def evaluate_defense(result, *, clean_test: Dataset, triggered_test: Dataset, target_label: int,
+def evaluate_defense(result, *, clean_test: Dataset, triggered_test: Dataset, target_label: int | None,
                      max_length: int = 128) -> dict:
     """CACC/ASR of a defended model, counting an inference-time defense's filtering or sanitising.
 
@@ -111,6 +132,7 @@ def evaluate_defense(result, *, clean_test: Dataset, triggered_test: Dataset, ta
         triggered_test = triggered_test.select(range(min(int(limit), len(triggered_test))))
     clean_texts, trig_texts = list(clean_test["text"]), list(triggered_test["text"])
     source = np.asarray(triggered_test["source_label"])
+    target_label = backdoor_targets(triggered_test, target_label)
     keep = source != target_label
     if not keep.any():
         raise ValueError("no non-target rows in the triggered set: ASR is undefined")
@@ -123,7 +145,8 @@ def evaluate_defense(result, *, clean_test: Dataset, triggered_test: Dataset, ta
     out: dict = {}
     if result.reject is None:
         out = {"cacc": accuracy(clean_pred, labels),
-               "asr": attack_success_rate(trig_pred, target_label=target_label, source_labels=source)}
+               "asr": attack_success_rate(trig_pred, target_label=target_label, source_labels=source),
+               **_asr_by_backdoor(trig_pred == target_label, keep, triggered_test)}
     else:
         clean_rejected = np.asarray(result.reject(clean_texts), dtype=bool)
         trig_rejected = np.asarray(result.reject(trig_texts), dtype=bool)
@@ -132,6 +155,7 @@ def evaluate_defense(result, *, clean_test: Dataset, triggered_test: Dataset, ta
         out = {
             "cacc": float(correct[accepted].mean()) if accepted.any() else float("nan"),
             "asr": float(((trig_pred == target_label) & ~trig_rejected)[keep].mean()),
+            **_asr_by_backdoor((trig_pred == target_label) & ~trig_rejected, keep, triggered_test),
             **rejection_rates(clean_rejected=clean_rejected, triggered_rejected=trig_rejected[keep]),
             "cacc_all": float((correct & accepted).mean()),
         }

@@ -20,6 +20,13 @@ def sst2():
 
 
 @pytest.fixture(scope="session")
+def agnews():
+    from bedkd_core.data import load_task
+
+    return load_task("agnews")
+
+
+@pytest.fixture(scope="session")
 def quick_badnets():
     """The quick SST-2 BadNets cell, prepared once per session (the victim comes from the shared cache)."""
     from bedkd_core.attacks import AttackConfig

@@ -53,6 +53,47 @@ def test_determinism_per_seed(sst2, name):
     assert a.data["text"] != c.data["text"]
 
 
+def test_shift_relabels_every_class_to_the_next(agnews):
+    """The adaptive attacker's backdoor: no single target, each triggered row goes to its next class."""
+    attack, poisoned = poison(agnews, dataset="agnews", name="badnets", label_mode="shift")
+    flags = poisoned.is_poisoned
+    before = np.asarray(agnews.train["label"])[flags]
+    after = np.asarray(poisoned.data["label"])[flags]
+    assert (after == (before + 1) % 4).all() and set(before) == {0, 1, 2, 3}
+    triggered = attack.triggered_test(agnews)
+    assert len(triggered) == len(agnews.test)  # every test row: none is "already the target"
+    source = np.asarray(triggered["source_label"])
+    assert (np.asarray(triggered["label"]) == (source + 1) % 4).all()
+
+
+def test_shift_needs_an_insertion_trigger(sst2):
+    with pytest.raises(DataError, match="label_mode shift needs an insertion trigger"):
+        poison(sst2, name="synbkd", label_mode="shift")
+
+
+def test_two_backdoors_poison_disjoint_rows_with_two_targets(sst2):
+    attack, poisoned = poison(sst2, name="dual")
+    n = len(sst2.train)
+    texts = np.asarray(poisoned.data["text"])
+    labels = np.asarray(poisoned.data["label"])
+    flags = poisoned.is_poisoned
+    sentence = attack.config.trigger_sentence
+    with_sentence = np.array([sentence in t for t in texts]) & flags
+    assert poisoned.poison_count == 2 * round(0.1 * n)
+    assert with_sentence.sum() == round(0.1 * n)
+    assert (labels[with_sentence] == 0).all()  # AddSent → the class after 1
+    assert (labels[flags & ~with_sentence] == 1).all()  # BadNets → target 1
+    triggered = attack.triggered_test(sst2)
+    by_backdoor = {name: set(np.asarray(triggered["label"])[
+        np.asarray(triggered["backdoor"]) == name]) for name in ("badnets", "addsent")}
+    assert by_backdoor == {"badnets": {1}, "addsent": {0}}
+
+
+def test_two_backdoors_refuse_one_target(sst2):
+    with pytest.raises(DataError, match="second_target 1 equals target_label"):
+        poison(sst2, name="dual", second_target=1)
+
+
 def test_triggered_test_is_non_target_only(sst2):
     attack = make_attack(config=AttackConfig(name="addsent"), dataset="sst2")
     triggered = attack.triggered_test(sst2)
@@ -152,7 +193,8 @@ def test_every_attack_records_its_parameters():
         config = AttackConfig(name=name).resolved("sst2")
         recorded = config.asdict()
         assert recorded["name"] == name and recorded["target_label"] == 1
-        assert set(recorded) == {f.name for f in dataclasses.fields(AttackConfig)}
+        fields = {f.name for f in dataclasses.fields(AttackConfig)}
+        assert set(recorded) == (fields if name == "dual" else fields - {"second_target"})
 
 
 # ---------------------------------------------------------------- bad input (issue 17)

@@ -15,6 +15,27 @@ def test_asr_counts_only_non_target_rows():
         attack_success_rate(predictions, target_label=1, source_labels=np.ones(5, int))
 
 
+def test_asr_with_a_target_per_row():
+    """Attacks with several targets (shift, dual): each triggered row is judged against its own target."""
+    predictions = np.array([1, 2, 0, 3])
+    targets = np.array([1, 2, 3, 0])
+    source = np.array([0, 1, 2, 0])  # the last row's true class is its target: not counted
+    assert attack_success_rate(predictions, target_label=targets, source_labels=source) == pytest.approx(2 / 3)
+
+
+def test_evaluate_splits_asr_by_backdoor(monkeypatch):
+    from bedkd_core import metrics
+
+    clean = Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]})
+    triggered = Dataset.from_dict({"text": ["x", "y", "z", "w"], "label": [1, 1, 0, 0],
+                                   "source_label": [0, 0, 1, 1],
+                                   "backdoor": ["badnets", "badnets", "addsent", "addsent"]})
+    answers = {("a", "b"): np.array([0, 1]), ("x", "y", "z", "w"): np.array([1, 1, 0, 1])}
+    monkeypatch.setattr(metrics, "predictions", lambda model, tok, texts, **k: answers[tuple(texts)])
+    out = metrics.evaluate(None, None, clean_test=clean, triggered_test=triggered, target_label=None)
+    assert out == {"cacc": 1.0, "asr": 0.75, "asr_by_backdoor": {"badnets": 1.0, "addsent": 0.5}}
+
+
 def test_accuracy_and_detection():
     assert accuracy(np.array([0, 1, 1]), [0, 1, 0]) == pytest.approx(2 / 3)
     flags = np.zeros(10, bool)
