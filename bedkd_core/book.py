@@ -62,6 +62,12 @@ def choice_view(control, pages: list[str]):
     return widgets.VBox([control, tab])
 
 
+def pool_held_out(report: dict) -> bool:
+    """Whether the defender's clean pool was disjoint from the victim's training rows (always, but at full scale
+    before the pool was held out: such reports lack `sizes.clean_pool_overlap` and await a rerun)."""
+    return "clean_pool_overlap" in (report.get("sizes") or {}) or report.get("scale") != "full"
+
+
 def results_frame(grid: str, *, expected: list[tuple[str, str, str]] | None = None) -> pd.DataFrame:
     """One row per cell (dataset, attack, defense, seed): metrics as fractions, timings and provenance.
 
@@ -82,7 +88,7 @@ def results_frame(grid: str, *, expected: list[tuple[str, str, str]] | None = No
             "precision": detection.get("precision"), "recall": detection.get("recall"),
             "defense_seconds": r["seconds"].get("defense"), "victim_seconds": r["seconds"].get("victim"),
             "device": prov.get("device"), "commit": prov.get("git_commit"), "date": prov.get("date"),
-            "scale": r.get("scale"),
+            "scale": r.get("scale"), "pool_held_out": pool_held_out(r),
         })
     frame = pd.DataFrame(rows)
     done = {(r["dataset"], r["attack"], r["defense"]) for r in rows}

@@ -248,7 +248,7 @@ def clean_model(*, prepared):
 
     splits = prepared.splits
     rows = victim_rows(splits.train, scale=prepared.scale, seed=prepared.victim_config.seed)
-    train = splits.train.select(rows) if rows else splits.train
+    train = splits.train.select(rows)
     describe = {"dataset": splits.name, "attack": {"name": "none"}, "scale": prepared.scale.name}
     return get_victim(train=train.select_columns(["text", "label"]), num_labels=splits.num_classes,
                       config=prepared.victim_config, describe=describe)

@@ -122,21 +122,15 @@ def prepare(*, dataset: str, attack: AttackConfig, scale: str | None = None, mod
     splits = load_task(dataset)
     attacker = make_attack(config=dataclasses.replace(attack, seed=seed), dataset=dataset)
     train_rows = victim_rows(splits.train, scale=scale_cfg, seed=seed)
-    victim_train = splits.train
-    if train_rows:  # the subset remembers its rows' places in the full split (paraphrase pools are aligned to them)
-        picked = splits.train.select(train_rows)
-        victim_train = Dataset.from_dict({"text": picked["text"], "label": picked["label"], SOURCE_ROW: train_rows})
+    picked = splits.train.select(train_rows)  # its rows remember their places in the full split (paraphrase pools
+    victim_train = Dataset.from_dict({"text": picked["text"], "label": picked["label"], SOURCE_ROW: train_rows})
     subset = dataclasses.replace(splits, train=victim_train)
     poisoned = attacker.poison_train(subset)
     clean_test, triggered = splits.test, attacker.triggered_test(splits)
     if scale_cfg.test_size:
         clean_test = clean_test.select(_head_sample(len(clean_test), scale_cfg.test_size, seed))
         triggered = triggered.select(_head_sample(len(triggered), scale_cfg.test_size, seed))
-    pool_rows = stratified_sample(
-        splits.train, per_class=min(scale_cfg.clean_pool_per_class, _smallest_class(splits.train, train_rows)),
-        seed=seed + 1, exclude=set(train_rows or []),
-    )
-    clean_pool = splits.train.select(pool_rows)
+    clean_pool = splits.train.select(clean_pool_rows(splits.train, scale=scale_cfg, seed=seed, train_rows=train_rows))
     if check is not None:
         check(_defender_data(clean_pool, poisoned, splits))
     victim_config = VictimConfig(model=model or os.environ.get("BEDKD_MODEL", "minilm"),
@@ -149,30 +143,46 @@ def prepare(*, dataset: str, attack: AttackConfig, scale: str | None = None, mod
                     scale_cfg)
 
 
-def victim_rows(train: Dataset, *, scale: Scale, seed: int) -> list[int] | None:
-    """The train rows a victim of this scale learns from: a stratified subset, or None for the whole split (at full
-    scale, or when the split is no bigger than the subset)."""
-    if scale.train_size is None or len(train) <= scale.train_size:
-        return None
-    return stratified_sample(train, total=scale.train_size, seed=seed)
-
-
-def _smallest_class(train: Dataset, used_rows: list[int] | None) -> int:
+def victim_rows(train: Dataset, *, scale: Scale, seed: int) -> list[int]:
+    """The train rows a victim of this scale learns from: a stratified subset, or (at full scale, or when the split
+    is no bigger than the subset) every row but the defender's clean pool, held out before poisoning so that the
+    pool never holds a row the victim trained on (nor the clean twin of a poisoned one)."""
+    if scale.train_size is not None and len(train) > scale.train_size:
+        return stratified_sample(train, total=scale.train_size, seed=seed)
     labels = np.asarray(train["label"])
-    if used_rows:
-        labels = np.delete(labels, used_rows)
-    return int(np.bincount(labels).min())
+    per_class = min(scale.clean_pool_per_class, int(np.bincount(labels).min()) // 2)
+    held = set(stratified_sample(train, per_class=per_class, seed=seed + 1))
+    return [i for i in range(len(train)) if i not in held]
+
+
+def clean_pool_rows(train: Dataset, *, scale: Scale, seed: int, train_rows: list[int]) -> list[int]:
+    """The defender's clean pool: rows per class drawn outside the victim's training rows `train_rows`."""
+    return stratified_sample(train, per_class=min(scale.clean_pool_per_class, _smallest_class(train, train_rows)),
+                             seed=seed + 1, exclude=set(train_rows))
+
+
+def _smallest_class(train: Dataset, used_rows: list[int]) -> int:
+    labels = np.delete(np.asarray(train["label"]), used_rows)
+    return int(np.bincount(labels, minlength=int(np.max(train["label"])) + 1).min())
 
 
 def _head_sample(n: int, size: int, seed: int) -> list[int]:
     return sorted(np.random.default_rng(seed).permutation(n)[:size].tolist()) if n > size else list(range(n))
 
 
+def pool_overlap(prepared: Prepared) -> int:
+    """Clean-pool rows whose text and label the victim trained on (0 unless the split repeats a sentence)."""
+    rows = victim_rows(prepared.splits.train, scale=prepared.scale, seed=prepared.victim_config.seed)
+    trained = prepared.splits.train.select(rows)
+    seen = set(zip(trained["text"], trained["label"]))
+    return sum((text, label) in seen for text, label in zip(prepared.clean_pool["text"], prepared.clean_pool["label"]))
+
+
 def clean_floor(prepared: Prepared) -> dict:
     """ASR of a victim trained on the same rows without poison: how low ASR can honestly go."""
     splits = prepared.splits
     rows = victim_rows(splits.train, scale=prepared.scale, seed=prepared.victim_config.seed)
-    clean_train = splits.train.select(rows) if rows else splits.train
+    clean_train = splits.train.select(rows)
     describe = {"dataset": splits.name, "attack": {"name": "none"}, "scale": prepared.scale.name}
     clean_victim = get_victim(train=clean_train.select_columns(["text", "label"]), num_labels=splits.num_classes,
                               config=prepared.victim_config, describe=describe)
@@ -295,7 +305,8 @@ def run_experiment(*, dataset: str, attack: AttackConfig, defense: str = "none",
         "scale": prepared.scale.name,
         "seed": seed,
         "sizes": {"victim_train": len(prepared.poisoned.data), "poisoned_rows": prepared.poisoned.poison_count,
-                  "clean_test": len(prepared.clean_test), "triggered_test": len(prepared.triggered_test)},
+                  "clean_test": len(prepared.clean_test), "triggered_test": len(prepared.triggered_test),
+                  "clean_pool": len(prepared.clean_pool), "clean_pool_overlap": pool_overlap(prepared)},
         "victim_config": prepared.victim_config.asdict(),
         "victim": evaluate_victim(prepared),
         "clean_floor": clean_floor(prepared) if with_floor else None,

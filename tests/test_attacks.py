@@ -145,13 +145,16 @@ def test_a_subset_gets_the_paraphrase_of_its_own_rows(sst2, name, pool_name, lab
     assert kept.all() if label_mode == "clean" else not kept.any()
 
 
-def test_quick_scale_uses_the_whole_train_split_when_it_is_no_bigger_than_the_subset(sst2):
+def test_a_split_no_bigger_than_the_subset_is_used_whole_but_for_the_clean_pool(sst2):
     from bedkd_core.experiments import get_scale, victim_rows
 
-    quick = get_scale("quick")
-    assert victim_rows(sst2.train.select(range(quick.train_size)), scale=quick, seed=0) is None
+    quick, full = get_scale("quick"), get_scale("full")
+    small = sst2.train.select(range(quick.train_size))
+    smallest = int(np.bincount(small["label"]).min())
+    held = min(quick.clean_pool_per_class, smallest // 2) * 2
+    assert len(victim_rows(small, scale=quick, seed=0)) == quick.train_size - held
     assert len(victim_rows(sst2.train, scale=quick, seed=0)) == quick.train_size
-    assert victim_rows(sst2.train, scale=get_scale("full"), seed=0) is None
+    assert len(victim_rows(sst2.train, scale=full, seed=0)) == len(sst2.train) - 2 * full.clean_pool_per_class
 
 
 @pytest.mark.parametrize("dataset", ["olid", "agnews"])
@@ -195,6 +198,24 @@ def test_every_attack_records_its_parameters():
         assert recorded["name"] == name and recorded["target_label"] == 1
         fields = {f.name for f in dataclasses.fields(AttackConfig)}
         assert set(recorded) == (fields if name == "dual" else fields - {"second_target"})
+
+
+@pytest.mark.parametrize("scale", ["quick", "full"])
+@pytest.mark.parametrize("dataset", ["sst2", "olid", "agnews"])
+def test_the_clean_pool_never_holds_a_victim_training_row(dataset, scale):
+    """At full scale the pool is held out before poisoning: no victim row (nor a poisoned row's clean twin)."""
+    from bedkd_core.experiments import clean_pool_rows, get_scale, victim_rows
+
+    splits = load_task(dataset)
+    config = get_scale(scale)
+    rows = victim_rows(splits.train, scale=config, seed=0)
+    pool = clean_pool_rows(splits.train, scale=config, seed=0, train_rows=rows)
+    assert not set(pool) & set(rows)
+    labels = np.asarray(splits.train["label"])
+    assert (np.bincount(labels[pool]) == np.bincount(labels[pool]).min()).all()  # stratified
+    assert len(pool) == config.clean_pool_per_class * splits.num_classes
+    if scale == "full":
+        assert len(rows) + len(pool) == len(splits.train)
 
 
 # ---------------------------------------------------------------- bad input (issue 17)

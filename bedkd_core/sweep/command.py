@@ -34,6 +34,8 @@ def add_command(subparsers) -> None:
     parser.add_argument("--limit", type=int, default=None, help="run at most N cells this time")
     parser.add_argument("--optional", action="store_true", help="also run the grid's optional cells")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
+    parser.add_argument("--rerun-mismatched", action="store_true",
+                        help="also rerun cells finished with other settings (status: mismatch)")
     parser.set_defaults(handler=run_command)
 
 
@@ -50,7 +52,7 @@ def run_command(args: argparse.Namespace) -> int:
             return 0
         result = run_sweep(grid, out, scale=args.scale, model=args.model, backend=args.backend,
                            workers=args.workers, only=args.only, limit=args.limit, include_optional=args.optional,
-                           fail_fast=args.fail_fast)
+                           fail_fast=args.fail_fast, rerun_mismatched=args.rerun_mismatched)
     except KeyboardInterrupt:
         print("bedkd sweep: interrupted; the cell that was running is not finished: run the same command to "
               "resume", file=sys.stderr)

@@ -15,7 +15,8 @@ from ..data import DataError
 from ..store import REPORT, provenance, read_json, write_json_atomic
 from .grid import Cell, Grid, load_grid
 from .status import (DONE, ERROR, FAILED, LOCK, MISMATCH, RUNNING, TO_RUN, UNSUPPORTED, CellStatus, _display_path,
-                     _effective_scale, counts_line, summarize_report, sweep_status)
+                     _effective_scale, counts_line, expected_settings, report_mismatch, summarize_report,
+                     sweep_status)
 
 STAGING_PREFIX = ".partial-"
 ARTIFACTS = ("purified_model", "scores.json", "curve.json")
@@ -99,8 +100,11 @@ def _remove(path: Path) -> None:
 
 
 def execute_cell(cell: Cell, *, out_dir: str | Path, scale: str, model: str | None, runner: Runner | None = None,
-                 sweep_info: dict | None = None) -> dict:
+                 sweep_info: dict | None = None, replace_mismatched: bool = False) -> dict:
     """Run one cell under its lock, in a staging folder, and move the results in with report.json last.
+
+    A cell whose report is already there is skipped, unless `replace_mismatched` and that report was made with
+    other settings (then the new run replaces it).
 
     Returns an outcome {"cell", "state": done|failed|skipped, "detail", "seconds"}; never raises for a failure
     of the run itself (it is recorded in error.json) but lets KeyboardInterrupt through.
@@ -112,7 +116,9 @@ def execute_cell(cell: Cell, *, out_dir: str | Path, scale: str, model: str | No
         return {"cell": cell.id, "state": "skipped", "detail": "another sweep is running it", "seconds": 0.0}
     started = time.perf_counter()
     try:
-        if read_json(folder / REPORT) is not None:
+        found = read_json(folder / REPORT)
+        if found is not None and not (replace_mismatched and report_mismatch(
+                found, expected_settings(cell, scale=scale, model=model))):
             _clean_leftovers(folder)
             return {"cell": cell.id, "state": "skipped", "detail": "finished meanwhile", "seconds": 0.0}
         _clean_leftovers(folder)
@@ -183,7 +189,8 @@ class SweepResult:
 
     def summary(self) -> str:
         ran = [o for o in self.outcomes if o["state"] == DONE]
-        skipped = sum(1 for s in self.statuses if s.state in (DONE, MISMATCH, RUNNING))
+        tried = {o["cell"] for o in self.outcomes}
+        skipped = sum(1 for s in self.statuses if s.state in (DONE, MISMATCH, RUNNING) and s.cell.id not in tried)
         unsupported = sum(1 for s in self.statuses if s.state == UNSUPPORTED)
         parts = [f"{len(ran)} cell(s) finished", f"{len(self.failed)} failed"]
         if skipped:
@@ -199,13 +206,14 @@ class SweepResult:
 def run_sweep(grid: str | Path | Grid, out_dir: str | Path, *, scale: str | None = None, model: str | None = None,
               backend: str = "sequential", workers: int = 1, only: Iterable[str] | None = None,
               limit: int | None = None, include_optional: bool = False, fail_fast: bool = False,
-              runner: Runner | None = None, progress: bool = True, stream=None,
+              rerun_mismatched: bool = False, runner: Runner | None = None, progress: bool = True, stream=None,
               cpus_per_cell: float | None = None, gpus_per_cell: float | None = None) -> SweepResult:
     """Run the cells of `grid` that are not finished (not yet run, interrupted or failed) into `out_dir`.
 
     Finished cells (report.json present) are skipped, so rerunning the same command resumes a killed sweep.
     backend: "sequential" (this process, one cell at a time) or "ray" (cells as Ray tasks, `workers` at a time,
     on the cluster at $RAY_ADDRESS or a local one; the results folder must be shared with the workers).
+    rerun_mismatched: also rerun cells finished with other settings (their new report replaces the old one).
     runner: what runs one cell (default `run_cell`, i.e. `run_experiment`); tests inject a fake one.
     """
     stream = stream or sys.stdout
@@ -221,7 +229,7 @@ def run_sweep(grid: str | Path | Grid, out_dir: str | Path, *, scale: str | None
         raise SweepError(f"--limit {limit}: give a number of cells ≥ 0")
     statuses = sweep_status(grid, out_dir, scale=scale, model=model, only=only, include_optional=include_optional)
     result = SweepResult(grid, statuses)
-    todo = [s.cell for s in statuses if s.state in TO_RUN]
+    todo = [s.cell for s in statuses if s.state in TO_RUN or (rerun_mismatched and s.state == MISMATCH)]
     if limit is not None:
         todo = todo[:limit]
     print(f"grid {grid.name} ({_display_path(grid.path)}) · scale {scale} · model "
@@ -233,7 +241,8 @@ def run_sweep(grid: str | Path | Grid, out_dir: str | Path, *, scale: str | None
         return result
     sweep_info = {"grid": grid.name, "grid_file": _display_path(grid.path), "grid_sha256": grid.sha256,
                   "backend": backend, "scale": scale}
-    kwargs = dict(out_dir=str(out_dir), scale=scale, model=model, runner=runner, sweep_info=sweep_info)
+    kwargs = dict(out_dir=str(out_dir), scale=scale, model=model, runner=runner, sweep_info=sweep_info,
+                  replace_mismatched=rerun_mismatched)
     from ..progress import progress as progress_bar
 
     bar = progress_bar(total=len(todo), desc=f"sweep {grid.name}", unit="cell", disable=not progress or None,

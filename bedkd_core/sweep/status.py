@@ -47,6 +47,8 @@ def report_mismatch(report: dict, expected: dict) -> list[str]:
              "model": (report.get("victim_config") or {}).get("model"),
              "attack": report.get("attack") or {}, "defense": report.get("defense") or {}}
     diffs = []
+    if report.get("scale") == "full" and "clean_pool_overlap" not in (report.get("sizes") or {}):
+        diffs.append("clean pool drawn from the victim's training rows (made before the pool was held out)")
     for key in ("scale", "seed", "model"):
         if found[key] is not None and found[key] != expected[key]:
             diffs.append(f"{key} {found[key]!r} ≠ {expected[key]!r}")
@@ -72,7 +74,7 @@ def cell_status(cell: Cell, out: str | Path, *, scale: str, model: str | None = 
         diffs = report_mismatch(report, expected_settings(cell, scale=scale, model=model))
         if diffs:
             return CellStatus(cell, MISMATCH, "finished with other settings: " + "; ".join(diffs)
-                              + f" (delete {folder} to run it again)")
+                              + f" (rerun it with --rerun-mismatched, or delete {folder})")
         return CellStatus(cell, DONE, summarize_report(report))
     if _lock_held(folder):
         return CellStatus(cell, RUNNING, "another sweep is running this cell")
