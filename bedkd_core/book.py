@@ -143,7 +143,13 @@ def provenance_note(frame: pd.DataFrame) -> str:
         f"dates {min(done['date'])[:10]} to {max(done['date'])[:10]}",
         f"scale {', '.join(sorted(set(done['scale'].dropna())))}",
     ]
-    return "Results from real runs: " + " · ".join(parts) + "."
+    note = "Results from real runs: " + " · ".join(parts) + "."
+    if "pool_held_out" in done and not done["pool_held_out"].fillna(True).all():
+        stale = int((~done["pool_held_out"].fillna(True).astype(bool)).sum())
+        note += (f" {stale} of these {len(done)} cells were run before the defender's clean pool was held out of "
+                 "the victim's training rows: their pool holds sentences the victim learned (some the clean twins "
+                 "of poisoned rows), which favours BeDKD's identification; they await a rerun.")
+    return note
 
 
 GRID_VIEW_COLUMNS = ["grid", "dataset", "attack", "defense", "options", "status", "precision", "recall",
@@ -155,7 +161,8 @@ METRIC_COLUMNS = ("precision", "recall", "defended_cacc", "defended_asr", "victi
 def grid_view(*, name: str, only: list[str] | None = None) -> pd.DataFrame:
     """Every cell of sweep grid `name` (those matching `only`) with its state; metrics for finished ones.
 
-    Optional cells are listed once they have run; `detail` says what an unsupported cell needs.
+    Optional cells are listed once they have run; `detail` says what an unsupported cell needs. A cell finished
+    with other settings (`mismatch`) keeps its metrics, and its status says so.
     """
     from . import sweep
 
@@ -174,7 +181,7 @@ def grid_view(*, name: str, only: list[str] | None = None) -> pd.DataFrame:
                "status": status.state,
                "detail": status.detail if status.state == sweep.UNSUPPORTED else ""}
         found = metrics.get((cell.dataset, cell.attack, cell.defense))
-        if status.state == sweep.DONE and found is not None:
+        if status.state in (sweep.DONE, sweep.MISMATCH) and found is not None:  # mismatch: see provenance_note
             row.update({k: found[k] for k in METRIC_COLUMNS}, seed=found["seed"],
                        device=short_device(found["device"]))
         rows.append(row)

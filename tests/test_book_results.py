@@ -36,6 +36,16 @@ def test_provenance_note_names_commit_device_and_date(results):
     assert book.provenance_note(book.results_frame("nothing-here")).startswith("Not yet run")
 
 
+def test_provenance_note_says_which_cells_predate_the_held_out_pool(results):
+    """The fixture's full-scale report has no sizes.clean_pool_overlap: its pool overlapped the victim's rows."""
+    note = book.provenance_note(book.results_frame("full"))
+    assert "1 of these 1 cells were run before the defender's clean pool was held out" in note
+    report = results / "full" / "sst2" / "badnets" / "bedkd-fixed" / "seed0" / "report.json"
+    fresh = {**json.loads(report.read_text()), "sizes": {"clean_pool_overlap": 0}}
+    report.write_text(json.dumps(fresh))
+    assert "held out" not in book.provenance_note(book.results_frame("full"))
+
+
 def test_check_setup_gives_one_readable_line(monkeypatch, tmp_path):
     monkeypatch.setenv("BEDKD_DATA", str(tmp_path))
     with pytest.raises(SystemExit, match="does not hold the datasets"):
