@@ -105,7 +105,7 @@ def load_reports(grid: str, *, root: str | Path | None = None) -> list[dict]:
         dataset, attack, defense, seed = path.parent.relative_to(root / grid).parts
         report = json.loads(path.read_text())
         if "provenance" in report:
-            report["provenance"] = corrected_provenance(report["provenance"], corrections)
+            report["provenance"] = corrected_provenance(report["provenance"], corrections, grid=grid)
         report["cell"] = {"dataset": dataset, "attack": attack, "defense": defense, "seed": int(seed[4:]),
                           "dir": str(path.parent)}
         reports.append(report)
@@ -113,6 +113,23 @@ def load_reports(grid: str, *, root: str | Path | None = None) -> list[dict]:
 
 
 # ---------------------------------------------------------------- provenance
+
+def _git_state() -> tuple[str, bool]:
+    """The checkout's commit and whether tracked files differ from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+    return commit, dirty
+
+
+_LOADED_CODE = _git_state()
+"""The commit when this process imported bedkd_core: a long sweep keeps running that code while the checkout
+moves on, so a report names the code that ran, not the checkout's HEAD when the cell finished."""
+
 
 def provenance() -> dict:
     """Commit (and whether the tree was dirty), device, date and versions of the code that is running."""
@@ -123,13 +140,7 @@ def provenance() -> dict:
         commit = f"{os.environ[SOURCE_COMMIT_ENV]} (from ${SOURCE_COMMIT_ENV}: a copy of that commit's tree)"
         dirty = False
     else:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                    text=True, check=True).stdout.strip()
-            dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                        cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip())
-        except (OSError, subprocess.CalledProcessError):
-            commit, dirty = "unknown", False
+        commit, dirty = _LOADED_CODE
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:
@@ -150,10 +161,12 @@ def provenance_corrections(*, root: str | Path | None = None) -> list[dict]:
     return json.loads(path.read_text())["corrections"] if path.is_file() else []
 
 
-def corrected_provenance(provenance: dict, corrections: list[dict]) -> dict:
-    """`provenance` with its commit replaced by the one a matching correction (same commit and device) names."""
+def corrected_provenance(provenance: dict, corrections: list[dict], *, grid: str | None = None) -> dict:
+    """`provenance` with its commit replaced by the one a matching correction (same commit and device, and the
+    same grid where the correction names one) names."""
     for fix in corrections:
-        if (provenance.get("git_commit"), provenance.get("device")) == (fix["recorded_commit"], fix["device"]):
+        if (provenance.get("git_commit"), provenance.get("device")) == (fix["recorded_commit"], fix["device"]) \
+                and fix.get("grid", grid) == grid:
             return {**provenance, "git_commit": fix["source_commit"], "recorded_commit": fix["recorded_commit"],
                     "correction": fix["why"]}
     return provenance

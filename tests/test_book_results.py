@@ -97,6 +97,24 @@ def test_a_provenance_correction_replaces_the_recorded_commit_without_touching_t
     assert stored["provenance"]["git_commit"] == "abc123def4567890"
 
 
+def test_a_correction_naming_a_grid_corrects_only_that_grid(results):
+    (results / store.CORRECTIONS).write_text(json.dumps({"corrections": [
+        {"recorded_commit": "abc123def4567890", "device": "cpu (x86_64, 2 cores)", "source_commit": "1111",
+         "grid": "other", "why": "a sweep of grid other ran older code"}]}))
+    assert store.load_reports("full")[0]["provenance"]["git_commit"] == "abc123def4567890"
+    fixes = json.loads((results / store.CORRECTIONS).read_text())
+    fixes["corrections"][0]["grid"] = "full"
+    (results / store.CORRECTIONS).write_text(json.dumps(fixes))
+    assert store.load_reports("full")[0]["provenance"]["git_commit"] == "1111"
+
+
+def test_provenance_names_the_code_loaded_not_the_checkout_head_now(monkeypatch):
+    """A sweep that runs for hours while the checkout moves on records the commit it imported."""
+    loaded = store.provenance()["git_commit"]
+    monkeypatch.setattr(store.subprocess, "run", lambda *a, **k: pytest.fail("provenance re-read git"))
+    assert store.provenance()["git_commit"] == loaded
+
+
 def test_every_stored_provenance_correction_matches_a_stored_report():
     corrections = store.provenance_corrections()
     grids = [p.name for p in store.RESULTS_DIR.iterdir() if p.is_dir()]

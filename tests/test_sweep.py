@@ -553,7 +553,7 @@ def test_provenance_names_the_source_commit_of_a_copied_tree(monkeypatch):
         return real_run(command, *args, **kwargs)
 
     monkeypatch.setattr(store.subprocess, "run", no_git)
-    assert store.provenance()["git_commit"] == "unknown"
+    assert store._git_state() == ("unknown", False)
 
 
 def test_gpu_sweep_script_runs_blocks_in_order_and_packs_finished_cells(tmp_path):
