@@ -14,8 +14,9 @@ import pandas as pd
 from . import store
 from .book_data import cell_report, cell_scores
 
-DEFENSES = ("none", "bedkd-fixed", "bedkd-adaptive", "finetune", "nad", "rap")
-"""The defenses of both grids, in the order the tables show them (`none`: the undefended victim)."""
+DEFENSES = ("none", "bedkd-fixed", "bedkd-adaptive", "bedkd-all-classes", "finetune", "nad", "rap")
+"""The defenses of both grids, in the order the tables show them (`none`: the undefended victim;
+`bedkd-all-classes`: the quick preset without target inference, an optional cell of `beyond-attack`)."""
 BEDKD = ("bedkd-fixed", "bedkd-adaptive")
 POISONED, CLEAN = "poisoned (oracle)", "clean (oracle)"
 """The two kinds of suspect rows in `scores_frame`, named after the oracle flag that tells them apart."""
@@ -125,9 +126,16 @@ def condition_rows(*, grid: str, defenses: tuple[str, ...] = DEFENSES) -> pd.Dat
             "recall": detection.get("recall", np.nan),
             "inferred target": details.get("inferred_target", np.nan) if detection else np.nan,
             "count decision": (details.get("count") or {}).get("decision", ""),
+            "target evidence": _target_evidence(details),
             "kept epoch": details.get("selected_epoch", np.nan),
             "defended CACC": defended["cacc"], "defended ASR": defended["asr"], **_asr_columns(report)})
     return pd.DataFrame(rows)  # in the grid's order: dataset, attack, then DEFENSES' order
+
+
+def _target_evidence(details: dict) -> str:
+    """How strongly the candidates singled out one target (`clear`, `several`, `weak`), where reported."""
+    found = details.get("target_evidence") or (details.get("count") or {}).get("target_evidence") or {}
+    return found.get("verdict", "")
 
 
 def condition_tables(*, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -58,7 +58,9 @@ def results(tmp_path, monkeypatch):
     write_report("sst2", "dual", "bedkd-fixed", victim=victim,
                  defended={"cacc": 0.86, "asr": 0.45, "asr_by_backdoor": {"badnets": 0.1, "addsent": 0.8}},
                  detection={"precision": 0.9, "recall": 0.072, "n_flagged": 32},
-                 details={"inferred_target": 1, "n_identified": 32, "selected_epoch": 7}, scores=scores)
+                 details={"inferred_target": 1, "n_identified": 32, "selected_epoch": 7,
+                          "target_evidence": {"verdict": "several", "class": 1, "z": [4.2, 6.0], "gap_z": 1.3}},
+                 scores=scores)
     write_report("sst2", "dual", "bedkd-adaptive", victim=victim,
                  defended={"cacc": 0.87, "asr": 0.88, "asr_by_backdoor": {"badnets": 0.9, "addsent": 0.86}},
                  detection={"precision": 0.0, "recall": 0.0, "n_flagged": 0},
@@ -103,6 +105,8 @@ def test_condition_rows_read_victim_floor_identification_and_each_backdoor(resul
     assert dual.loc["bedkd-fixed", "victim ASR (badnets)"] == 0.95
     assert dual.loc["bedkd-adaptive", "count decision"].startswith("trust-only")
     assert dual.loc["bedkd-fixed", "count decision"] == ""
+    assert dual.loc["bedkd-fixed", "target evidence"] == "several"
+    assert dual.loc["bedkd-adaptive", "target evidence"] == ""  # the report predates target_evidence
     assert (frame["floor ASR"] == 0.17).all()
     only_dual = book_beyond.condition_rows(grid=GRID, defenses=("bedkd-fixed",))
     assert list(only_dual["defense"]) == ["bedkd-fixed"]
