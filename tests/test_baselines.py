@@ -19,7 +19,7 @@ from bedkd_core.defenses.rap import infer_protected_label, rap_threshold
 from bedkd_core.defenses.strip import perturb, threshold_at_frr
 from bedkd_core.metrics import evaluate_defense, rejection_rates
 
-BASELINE_NAMES = ["finetune", "fine_pruning", "nad", "strip", "rap", "cube", "onion"]
+BASELINE_NAMES = ["finetune", "fine_pruning", "nad", "strip", "rap", "cube", "onion", "bki"]
 
 
 # ---------------------------------------------------------------- registry and configs (fast)
@@ -52,8 +52,8 @@ def test_options_override_presets():
 
 
 def test_unknown_defense_lists_the_valid_ones():
-    with pytest.raises(DataError, match="unknown defense 'bki': use one of none, bedkd, finetune"):
-        make_defense_config("bki")
+    with pytest.raises(DataError, match="unknown defense 'fine_mixing': use one of none, bedkd, finetune"):
+        make_defense_config("fine_mixing")
 
 
 # ---------------------------------------------------------------- mechanisms on synthetic inputs (fast)

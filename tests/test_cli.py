@@ -36,7 +36,7 @@ def test_bad_input_exits_2_with_a_clear_message(argv, message, tmp_path, capsys)
 def test_help_lists_attacks_defenses_and_bedkd_options():
     out = subprocess.run([sys.executable, "-m", "bedkd_core", "run", "--help"], capture_output=True, text=True).stdout
     for word in ("badnets", "stylebkd", "bedkd", "--tau", "--n-poison", "--temperature-akd", "--preset", "--trust-pickle",
-                 "finetune", "fine_pruning", "nad", "strip", "rap", "onion", "cube"):
+                 "finetune", "fine_pruning", "nad", "strip", "rap", "onion", "cube", "bki"):
         assert word in out
 
 

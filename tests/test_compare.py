@@ -18,8 +18,8 @@ def _no_prepare(**kwargs):
 
 def test_unknown_defense_is_refused_before_any_work_and_lists_the_valid_ones(monkeypatch):
     monkeypatch.setattr(compare, "prepare", _no_prepare)
-    with pytest.raises(DataError, match="unknown defense\\(s\\) 'bki': valid are none, bedkd, finetune, fine_pruning"):
-        compare.compare(dataset="sst2", attack=AttackConfig(name="badnets"), defenses="strip,bki")
+    with pytest.raises(DataError, match="unknown defense\\(s\\) 'fine_mixing': valid are none, bedkd, finetune"):
+        compare.compare(dataset="sst2", attack=AttackConfig(name="badnets"), defenses="strip,fine_mixing")
     assert compare.parse_defenses("strip, rap,strip") == ["strip", "rap"]
 
 

@@ -2,7 +2,7 @@
 
 `none` and `bedkd` are the book's own; the baselines (one module each) are `finetune`, `fine_pruning`, `nad`
 (model repair on the defender's clean rows), `strip`, `rap` (inference-time input filters: `reject(texts)`),
-`onion` (inference-time input sanitiser: `details["sanitize"]`) and `cube` (training-set filtering and
+`onion` (inference-time input sanitiser: `details["sanitize"]`), `cube` and `bki` (training-set filtering and
 retraining). Every baseline sees only `DefenderData` (no oracle flags) and never changes the victim in place.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Callable
 from ..data import DataError
 from . import bedkd as _bedkd
 from . import bedkd_config as _bedkd_config
+from . import bki as _bki
 from . import cube as _cube
 from . import fine_pruning as _fine_pruning
 from . import finetune as _finetune
@@ -78,8 +79,9 @@ DEFENSES = {spec.name: spec for spec in (
     DefenseSpec("rap", _rap.rap, _rap.RAPConfig, "input filter", _rap.PRESETS, _rap.check),
     DefenseSpec("onion", _onion.onion, _onion.ONIONConfig, "input sanitiser", _onion.PRESETS, _onion.check),
     DefenseSpec("cube", _cube.cube, _cube.CUBEConfig, "data filter + retraining", _cube.PRESETS, _cube.check),
+    DefenseSpec("bki", _bki.bki, _bki.BKIConfig, "data filter + retraining", _bki.PRESETS, _bki.check),
 )}
-"""Every defense by name: `none`, BeDKD and the seven baselines, registered the same way."""
+"""Every defense by name: `none`, BeDKD and the eight baselines, registered the same way."""
 
 
 def get_defense(name: str) -> DefenseSpec:

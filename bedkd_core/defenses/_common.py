@@ -12,9 +12,10 @@ import numpy as np
 from datasets import Dataset
 
 from ..data import DataError
-from ..training import forward_batches, train_classifier
+from ..models import load_classifier
+from ..training import forward_batches, seed_everything, train_classifier
 from ..victim import VictimConfig
-from .base import DefenderData, DefenseConfig
+from .base import DefenderData, DefenseConfig, DefenseResult
 
 
 class NotRunnable(DataError):
@@ -101,6 +102,37 @@ def fine_tune(model, tokenizer, data: Dataset, *, epochs: int, learning_rate: fl
     config = VictimConfig(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length,
                           seed=seed)
     train_classifier(model, tokenizer, data.select_columns(["text", "label"]), config=config, desc=desc)
+
+
+def retrain_recipe(*, victim, config, defense: str) -> VictimConfig:
+    """How a data-filtering defense retrains: the victim's own `VictimConfig` (epochs, learning rate, batching) on
+    `config.backbone` or the victim's backbone, with the defense's `seed`, `max_length` and `retrain_epochs`."""
+    base: VictimConfig | None = getattr(victim, "config", None)
+    backbone = config.backbone or (base.model if base is not None else None)
+    if backbone is None:
+        raise DataError(f"defense {defense!r} retrains from the backbone: give `backbone` (the victim's config is "
+                        "unknown)")
+    recipe = dataclasses.replace(base or VictimConfig(), model=backbone, seed=config.seed, max_length=config.max_length)
+    if config.retrain_epochs is not None:
+        recipe = dataclasses.replace(recipe, epochs=config.retrain_epochs)
+    return recipe
+
+
+def drop_and_retrain(*, victim, data: DefenderData, dropped: np.ndarray, info: dict, recipe: VictimConfig | None,
+                     desc: str) -> DefenseResult:
+    """A data-filtering defense's result: a fresh classifier from `recipe.model` trained with `recipe` on the suspect
+    rows not `dropped` (the victim itself when `recipe` is None: no retraining); `flagged` = `dropped`."""
+    keep = np.setdiff1d(np.arange(len(data.suspect)), dropped)
+    summary = {"defender_rows": rows_summary(suspect=len(data.suspect)), **info, "n_kept": int(len(keep)),
+               "retrained": recipe is not None}
+    if recipe is None:
+        return DefenseResult(model=victim.model, tokenizer=victim.tokenizer, flagged=dropped,
+                             details={"summary": summary})
+    seed_everything(recipe.seed)
+    model, tokenizer = load_classifier(recipe.model, num_labels=data.num_classes)
+    train_classifier(model, tokenizer, data.suspect.select(keep.tolist()), config=recipe, desc=desc)
+    summary["retrain"] = recipe.asdict()
+    return DefenseResult(model=model.eval(), tokenizer=tokenizer, flagged=dropped, details={"summary": summary})
 
 
 def copy_model(model):

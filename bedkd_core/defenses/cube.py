@@ -17,17 +17,13 @@ Uses the suspect set only (no clean rows).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..data import DataError
-from ..models import load_classifier
 from ..options import option
-from ..training import seed_everything, train_classifier
-from ..victim import VictimConfig
-from ._common import cls_embeddings, rows_summary
+from ._common import cls_embeddings, drop_and_retrain, retrain_recipe
 from .base import DefenderData, DefenseConfig, DefenseResult
 
 
@@ -108,23 +104,8 @@ def cube_filter(victim, data: DefenderData, config: CUBEConfig) -> tuple[np.ndar
 def cube(*, victim, data: DefenderData, config: CUBEConfig) -> DefenseResult:
     """Drop CUBE's outlier clusters from the suspect set and retrain a fresh model on the rest."""
     check(data, config)
-    base: VictimConfig | None = getattr(victim, "config", None)
-    backbone = config.backbone or (base.model if base is not None else None)
-    if backbone is None:
-        raise DataError("defense 'cube' retrains from the backbone: give `backbone` (the victim's config is unknown)")
+    # the retraining recipe first: a missing backbone fails before the clustering
+    recipe = retrain_recipe(victim=victim, config=config, defense="cube") if config.retrain else None
     dropped, info = cube_filter(victim, data, config)
-    keep = np.setdiff1d(np.arange(len(data.suspect)), dropped)
-    kept = data.suspect.select(keep.tolist())
-    summary = {"defender_rows": rows_summary(suspect=len(data.suspect)), **info, "n_kept": int(len(keep))}
-    if not config.retrain:
-        return DefenseResult(model=victim.model, tokenizer=victim.tokenizer, flagged=dropped,
-                             details={"summary": {**summary, "retrained": False}})
-    train_config = dataclasses.replace(base or VictimConfig(), model=backbone, seed=config.seed,
-                                       max_length=config.max_length)
-    if config.retrain_epochs is not None:
-        train_config = dataclasses.replace(train_config, epochs=config.retrain_epochs)
-    seed_everything(train_config.seed)
-    model, tokenizer = load_classifier(backbone, num_labels=data.num_classes)
-    train_classifier(model, tokenizer, kept, config=train_config, desc="CUBE retrain")
-    summary.update(retrained=True, retrain=train_config.asdict())
-    return DefenseResult(model=model.eval(), tokenizer=tokenizer, flagged=dropped, details={"summary": summary})
+    return drop_and_retrain(victim=victim, data=data, dropped=dropped, info=info,
+                            recipe=recipe, desc="CUBE retrain")
