@@ -14,9 +14,11 @@ import pandas as pd
 from . import store
 from .book_data import cell_report, cell_scores
 
-DEFENSES = ("none", "bedkd-fixed", "bedkd-adaptive", "bedkd-all-classes", "finetune", "nad", "rap")
-"""The defenses of both grids, in the order the tables show them (`none`: the undefended victim;
-`bedkd-all-classes`: the quick preset without target inference, an optional cell of `beyond-attack`)."""
+DEFENSES = ("none", "bedkd-fixed", "bedkd-adaptive", "bedkd-all-classes", "bedkd-rounds", "finetune", "nad",
+            "rap")
+"""The defenses of both grids, in the order the tables show them (`none`: the undefended victim; optional cells
+of `beyond-attack`: `bedkd-all-classes`, the quick preset without target inference, and `bedkd-rounds`,
+quick-adaptive rerun on its own purified model)."""
 BEDKD = ("bedkd-fixed", "bedkd-adaptive")
 POISONED, CLEAN = "poisoned (oracle)", "clean (oracle)"
 """The two kinds of suspect rows in `scores_frame`, named after the oracle flag that tells them apart."""

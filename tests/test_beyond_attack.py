@@ -43,3 +43,36 @@ def test_identification_reports_its_target_evidence():
                                 num_classes=2)
     assert info["target_evidence"]["verdict"] == "several"
     assert info["inferred_target"] == 1
+
+
+def test_rounds_rerun_on_the_purified_model_until_nothing_is_left_to_punish(monkeypatch):
+    from types import SimpleNamespace
+
+    import pytest
+
+    from bedkd_core.data import DataError
+    from bedkd_core.defenses import bedkd as bk
+    from bedkd_core.defenses.base import DefenseResult
+
+    with pytest.raises(DataError, match="rounds=2: give 1, or more than 1 with count='evidence'"):
+        make_config(preset="quick", rounds=2)
+    plan = iter([([1, 2], 0, "m1"), ([5], 1, "m2"), ([], None, None)])
+    teachers = []
+
+    def fake_round(*, teacher, skip_if_none=False, **kwargs):
+        teachers.append(teacher)
+        flagged, target, model = next(plan)
+        assert skip_if_none == (len(teachers) > 1)
+        summary = {"inferred_target": target, "n_identified": len(flagged), "count": {"decision": "as asked"}}
+        details = {"summary": summary, **({"scores": {"values": [0.1]}} if len(teachers) == 1 else {})}
+        return DefenseResult(model=model, tokenizer="tok", flagged=np.asarray(flagged, int), details=details)
+
+    monkeypatch.setattr(bk, "_round", fake_round)
+    config = make_config(preset="quick-adaptive", rounds=4)
+    result = bk.bedkd(victim=SimpleNamespace(model="victim", tokenizer="tok"), data=None, config=config)
+    assert teachers == ["victim", "m1", "m2"]  # each round distils from the last purified model
+    assert result.model == "m2" and result.flagged.tolist() == [1, 2, 5]
+    rounds = result.details["summary"]["rounds"]
+    assert [r["inferred_target"] for r in rounds] == [0, 1, None]
+    assert [r["trained"] for r in rounds] == [True, True, False]
+    assert result.details["scores"] == {"values": [0.1]}  # the victim's scores, not a later teacher's

@@ -304,11 +304,39 @@ def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None, ora
     `oracle_rows` serves the `identify="oracle"` ablation only: the truly poisoned suspect rows, picked by the
     caller (`run_experiment`) from the oracle flags, of which n_poison + holdout are drawn with config.seed. It is
     refused with any other `identify`, so real flags can never slip into a normal run.
+    With `rounds` > 1 the purified model is the next round's teacher, until a round's evidence supports no row
+    to punish (that round trains nothing) or `rounds` have run; `flagged` is every round's punished rows.
     """
     if (config.identify == "oracle") != (oracle_rows is not None):
         raise DataError("oracle_rows is given exactly when identify='oracle' (an ablation run by run_experiment); "
                         f"got identify={config.identify!r} with oracle_rows={'set' if oracle_rows is not None else None}")
-    teacher, tokenizer = victim.model, victim.tokenizer
+    result = _round(teacher=victim.model, tokenizer=victim.tokenizer, data=data, config=config, curve_fn=curve_fn,
+                    oracle_rows=oracle_rows)
+    if config.rounds == 1:
+        return result
+    done = [result]
+    while len(done) < config.rounds and len(done[-1].flagged):
+        step = _round(teacher=done[-1].model, tokenizer=victim.tokenizer, data=data, config=config,
+                      curve_fn=curve_fn, oracle_rows=None, skip_if_none=True)
+        done.append(step)
+        if step.model is None:
+            break
+    kept = [r for r in done if r.model is not None]
+    last = kept[-1]
+    last.details["summary"]["rounds"] = [
+        {k: r.details["summary"].get(k) for k in ("inferred_target", "n_identified", "selected_epoch", "warning")}
+        | {"decision": (r.details["summary"].get("count") or {}).get("decision"), "trained": r.model is not None}
+        for r in done]
+    if "scores" in result.details:  # the victim's own agreement scores, as with one round
+        last.details["scores"] = result.details["scores"]
+    flagged = np.unique(np.concatenate([r.flagged for r in done])).astype(int)
+    return DefenseResult(model=last.model, tokenizer=last.tokenizer, flagged=flagged, details=last.details)
+
+
+def _round(*, teacher, tokenizer, data: DefenderData, config: BeDKDConfig, curve_fn, oracle_rows,
+           skip_if_none: bool = False) -> DefenseResult:
+    """One DMM → identification → AKD pass from `teacher`; with `skip_if_none`, no AKD (model None) when
+    nothing is identified to punish."""
     teacher.eval()
     dmm_clean, akd_clean = split_clean(data.clean, num_classes=data.num_classes, dmm_per_class=config.dmm_per_class,
                                        clean_per_class=config.clean_per_class, seed=config.seed)
@@ -337,6 +365,8 @@ def bedkd(*, victim, data: DefenderData, config: BeDKDConfig, curve_fn=None, ora
         step = len(ranked) / n_watch
         watch[(np.arange(n_watch) * step + step / 2).astype(int)] = True
     flagged, watched = ranked[~watch], ranked[watch]
+    if len(flagged) == 0 and skip_if_none:
+        return DefenseResult(model=None, tokenizer=tokenizer, flagged=flagged, details={"summary": info})
     if len(flagged) == 0:
         why = "n_poison = 0 asks for no punished rows" if config.n_poison == 0 else \
             "the evidence supports no row to punish" if "count" in info else \

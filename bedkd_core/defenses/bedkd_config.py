@@ -101,6 +101,11 @@ class BeDKDConfig(DefenseConfig):
         "`VictimConfig.batching`).")
     seed: int = option(42, "random seed of BeDKD's sampling and training")
     curve_every: int = option(0, "Record CACC/ASR on the curve set every N AKD epochs (0 = never).")
+    rounds: int = option(
+        1,
+        "Run the whole defense again on the purified model, up to this many times in all, until the evidence "
+        "supports no row to punish: one backdoor per round when several have different targets. Needs "
+        "count=`evidence` (a fixed count would punish clean rows once the backdoors are gone).")
 
     def __post_init__(self):
         super().__post_init__()
@@ -108,6 +113,9 @@ class BeDKDConfig(DefenseConfig):
             raise DataError("count='evidence' weighs the DMM's evidence: it needs identify='agreement', "
                             f"scan='rank' and refine='direction' (got {self.identify!r}, {self.scan!r}, "
                             f"{self.refine!r})")
+        if self.rounds < 1 or (self.rounds > 1 and self.count != "evidence"):
+            raise DataError(f"rounds={self.rounds}: give 1, or more than 1 with count='evidence' (it stops when "
+                            "the evidence supports no row to punish; a fixed count never would)")
 
     def hooks(self) -> frozenset[str]:
         """The training curve when `curve_every` asks for one; the truly poisoned rows for the oracle ablation."""
