@@ -8,8 +8,10 @@
 # Each argument is one block: comma-separated --only patterns, run in order while time is left. A block cut off
 # by the deadline loses only its unfinished cell (the sweep writes each cell atomically); rerunning resumes.
 # Settable: WHEELS (default carry/wheels), GRID (default paper), RESULTS (default results), PYTHON, OUT and
-# SWEEP_ARGS (say "--scale quick" for a dry run here; "--rerun-mismatched" reruns stored cells made with other
+# SWEEP_ARGS (say "--scale quick" for a dry run here; "--backend pool --workers 8" runs 8 cells at once on the
+# one GPU, never two that may train the same victim; "--rerun-mismatched" reruns stored cells made with other
 # settings, such as the full-scale cells whose clean pool overlapped the victim's training rows).
+# benchmarks/bench_sweep_pool.py measures the pool's cells per minute against one worker in the same call.
 set -u
 repo=$(cd "$(dirname "$0")/.." && pwd)
 deadline=$(( $(date +%s) + ${BUDGET_S:-540} ))

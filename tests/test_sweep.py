@@ -466,7 +466,7 @@ FIRST = "sst2/badnets/none/seed0"
 
 
 def barrier_runner(cell, *, out, scale, model):
-    """A fake runner for the Ray workers: every cell but the first waits until another one has started too
+    """A fake runner for the Ray and pool workers: every cell but the first waits until another one has started too
     (a barrier in $BEDKD_TEST_BARRIER), so the cells that finish prove that two ran at the same time."""
     start = time.time()
     barrier = Path(os.environ["BEDKD_TEST_BARRIER"])
@@ -508,6 +508,50 @@ def test_ray_backend_runs_cells_on_two_workers_with_the_same_files(tmp_path, mon
     assert not leftovers(out)
     assert json.loads((out / "small/sst2/addsent/bedkd-tau0.05/seed0/report.json").read_text())["sweep"]["backend"] \
         == "ray"
+
+
+def test_pool_backend_runs_cells_in_two_processes_with_the_same_files(tmp_path, monkeypatch):
+    grid_file, out = write_grid(tmp_path), tmp_path / "out"
+    (tmp_path / "barrier").mkdir()
+    monkeypatch.setenv("BEDKD_TEST_BARRIER", str(tmp_path / "barrier"))
+    result = run_sweep(grid_file, out, backend="pool", workers=2, runner=barrier_runner, progress=False, limit=3)
+    assert [o["state"] for o in result.outcomes] == ["done"] * 3
+    workers = {o["cell"]: json.loads((out / "small" / o["cell"] / "report.json").read_text())["worker"]
+               for o in result.outcomes}
+    assert os.getpid() not in {w["pid"] for w in workers.values()}
+    first = workers.pop(FIRST)
+    assert all(first["end"] <= w["start"] for w in workers.values()), "cells sharing an uncached model overlapped"
+    assert all(w["met"] for w in workers.values()), "two cells should run at the same time"
+    assert json.loads((out / "small" / FIRST / "report.json").read_text())["sweep"]["backend"] == "pool"
+    assert not leftovers(out)
+
+
+def test_schedule_starts_cells_that_train_new_models_first():
+    """Once a grid's clean floor is cached, cells that would train a new victim go before the defenses of
+    victims already trained, and never two at once that may train the same one."""
+    from bedkd_core.sweep.schedule import schedule
+
+    cells = load_grid("ablation-poison").cells
+    none_cells = [c for c in cells if c.defense == "none"][:3]
+    defended = [c for c in cells if c.attack == none_cells[0].attack and c.defense != "none"][:2]
+    todo = [none_cells[0], *defended, *none_cells[1:]]
+    started, running, ended = [], {}, []
+
+    def start(cell):
+        started.append(cell.id)
+        running[cell.id] = cell
+        return cell.id
+
+    def wait(handles):
+        handle = handles[0]  # the oldest cell in flight ends first
+        running.pop(handle)
+        return [(handle, {"cell": handle, "state": "done"}, None)]
+
+    schedule(todo, workers=2, start=start, wait=wait, on_done=lambda o: ended.append(o["cell"]) and False,
+             lost=None)
+    assert started[0] == none_cells[0].id  # alone: every cell needs the clean floor it trains
+    assert started[1:3] == [none_cells[1].id, none_cells[2].id]  # new victims before the defenses
+    assert sorted(started) == sorted(c.id for c in todo) == sorted(ended)
 
 
 # ---------------------------------------------------------------- one real cell

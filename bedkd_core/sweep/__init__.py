@@ -40,12 +40,16 @@ cell leaves `error.json` (shown by `--status`, retried by the next sweep). A cel
 sweep runs it, so two sweeps over the same results never run the same cell at once.
 
 Modules: `grid` (this format, its validation, the cells), `status` (where a cell stands), `runner` (running a cell
-and a sweep), `ray_backend` (cells as Ray tasks), `command` (`bedkd sweep`); the names below are re-exported here.
+and a sweep), `schedule` (which cell starts next when several run at once), `pool_backend` (cells in worker
+processes of one machine), `ray_backend` (cells as Ray tasks), `command` (`bedkd sweep`); the names below are
+re-exported here.
 """
 from .command import add_command, run_command
 from .grid import (ENTRY_KEYS, GRIDS_DIR, LABEL_RE, TOP_KEYS, Cell, Grid, GridError, expected_cells, grid_path,
                    load_grid, match_cell)
-from .ray_backend import run_ray, victim_keys
+from .pool_backend import run_pool
+from .ray_backend import run_ray
+from .schedule import victim_keys
 from .runner import (ARTIFACTS, STAGING_PREFIX, Runner, SweepError, SweepResult, execute_cell, run_cell,
                      run_sweep)
 from .status import (DONE, ERROR, FAILED, INTERRUPTED, LOCK, MISMATCH, NOT_RUN, NOT_RUNNABLE, RUNNING, TO_RUN,
@@ -59,6 +63,6 @@ __all__ = [
     "UNSUPPORTED", "CellStatus", "cell_status", "counts_line", "expected_settings", "format_status",
     "report_mismatch", "summarize_report", "sweep_status",
     "ARTIFACTS", "STAGING_PREFIX", "Runner", "SweepError", "SweepResult", "execute_cell", "run_cell", "run_sweep",
-    "run_ray", "victim_keys",
+    "run_pool", "run_ray", "victim_keys",
     "add_command", "run_command",
 ]

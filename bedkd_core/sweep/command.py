@@ -25,9 +25,10 @@ def add_command(subparsers) -> None:
     parser.add_argument("--model", default=None, help="hub id or local folder (default: $BEDKD_MODEL or minilm)")
     parser.add_argument("--status", action="store_true", help="show each cell's state (done, failed, not yet run...)"
                                                               " and run nothing")
-    parser.add_argument("--backend", choices=["sequential", "ray"], default="sequential",
-                        help="ray: cells run as Ray tasks (pip install 'bedkd_core[ray]'; $RAY_ADDRESS or local)")
-    parser.add_argument("--workers", type=int, default=1, help="cells at once (ray backend only)")
+    parser.add_argument("--backend", choices=["sequential", "pool", "ray"], default="sequential",
+                        help="pool: cells in --workers processes of this machine (e.g. sharing one GPU); ray: "
+                             "cells as Ray tasks (pip install 'bedkd_core[ray]'; $RAY_ADDRESS or local)")
+    parser.add_argument("--workers", type=int, default=1, help="cells at once (pool and ray backends)")
     parser.add_argument("--only", action="append", default=None, metavar="PATTERN",
                         help="only cells matching dataset/attack/defense/seedN globs, or any one part "
                              "(e.g. 'sst2/badnets/*' or 'bedkd-*'); repeatable")

@@ -211,7 +211,8 @@ def run_sweep(grid: str | Path | Grid, out_dir: str | Path, *, scale: str | None
     """Run the cells of `grid` that are not finished (not yet run, interrupted or failed) into `out_dir`.
 
     Finished cells (report.json present) are skipped, so rerunning the same command resumes a killed sweep.
-    backend: "sequential" (this process, one cell at a time) or "ray" (cells as Ray tasks, `workers` at a time,
+    backend: "sequential" (this process, one cell at a time), "pool" (`workers` processes of this machine, e.g.
+    sharing one GPU) or "ray" (cells as Ray tasks, `workers` at a time,
     on the cluster at $RAY_ADDRESS or a local one; the results folder must be shared with the workers).
     rerun_mismatched: also rerun cells finished with other settings (their new report replaces the old one).
     runner: what runs one cell (default `run_cell`, i.e. `run_experiment`); tests inject a fake one.
@@ -219,12 +220,13 @@ def run_sweep(grid: str | Path | Grid, out_dir: str | Path, *, scale: str | None
     stream = stream or sys.stdout
     grid = grid if isinstance(grid, Grid) else load_grid(grid, scale=scale)
     scale = _effective_scale(grid, scale)
-    if backend not in ("sequential", "ray"):
-        raise SweepError(f"unknown backend {backend!r}: use sequential or ray")
+    if backend not in ("sequential", "pool", "ray"):
+        raise SweepError(f"unknown backend {backend!r}: use sequential, pool or ray")
     if workers < 1:
         raise SweepError(f"--workers {workers}: give at least 1")
     if backend == "sequential" and workers != 1:
-        raise SweepError("the sequential backend runs one cell at a time: use --backend ray for --workers > 1")
+        raise SweepError("the sequential backend runs one cell at a time: use --backend pool (this machine) or "
+                         "ray (a cluster) for --workers > 1")
     if limit is not None and limit < 0:
         raise SweepError(f"--limit {limit}: give a number of cells ≥ 0")
     statuses = sweep_status(grid, out_dir, scale=scale, model=model, only=only, include_optional=include_optional)
@@ -266,8 +268,12 @@ def run_sweep(grid: str | Path | Grid, out_dir: str | Path, *, scale: str | None
             for cell in todo:
                 if finished(execute_cell(cell, **kwargs)):
                     break
+        elif backend == "pool":
+            from .pool_backend import run_pool  # it imports execute_cell from here
+
+            run_pool(todo, workers=workers, kwargs=kwargs, on_done=finished)
         else:
-            from .ray_backend import run_ray  # it imports execute_cell from here
+            from .ray_backend import run_ray
 
             run_ray(todo, workers=workers, kwargs=kwargs, on_done=finished, cpus_per_cell=cpus_per_cell,
                     gpus_per_cell=gpus_per_cell)
