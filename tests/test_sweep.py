@@ -371,7 +371,7 @@ def test_only_limit_and_optional(tmp_path):
 def test_cli_rejects_bad_arguments_with_exit_2(tmp_path, capsys):
     grid_file = write_grid(tmp_path)
     assert cli_main(["--grid", str(grid_file), "--out", str(tmp_path), "--workers", "2"]) == 2
-    assert "use --backend ray" in capsys.readouterr().err
+    assert "use --backend pool (this machine) or ray" in capsys.readouterr().err
     assert cli_main(["--grid", "nope", "--out", str(tmp_path)]) == 2
     assert "bedkd: error: no grid named 'nope'" in capsys.readouterr().err
 
