@@ -128,7 +128,8 @@ def victims_frame(*, scale: str, datasets: list[str], attacks: list[str], seed: 
             rows.append({"dataset": dataset, "attack": attack, "status": "done", "victim_cacc": r["victim"]["cacc"],
                          "victim_asr": r["victim"]["asr"], "floor_asr": (r.get("clean_floor") or {}).get("asr"),
                          "victim_seconds": r["seconds"].get("victim"), "grid": r["grid"], "device": prov.get("device"),
-                         "commit": prov.get("git_commit"), "date": prov.get("date"), "scale": r.get("scale")})
+                         "commit": prov.get("git_commit"), "date": prov.get("date"), "scale": r.get("scale"),
+                         "pool_held_out": pool_held_out(r)})
     return pd.DataFrame(rows)
 
 

@@ -1,8 +1,8 @@
 """Chapter 7's plumbing: BeDKD beyond its published settings (grids `beyond-rate` and `beyond-attack`).
 
 The live part poisons quick-scale training sets without training anything; the rest reads the grids' finished
-cells through the sweep's status machinery and `book_data.cell_report` / `cell_scores`. A cell that has not
-finished is left out of the tables and named once, in the grid's coverage line.
+cells through the sweep's status machinery (`book_grid`) and `book_data.cell_report` / `cell_scores`. A cell
+that has not finished is left out of the tables and named once, in the grid's coverage line.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from . import store
+from . import book_grid, store
 from .book_data import cell_report, cell_scores
+from .book_grid import grid_statuses
 
 DEFENSES = ("none", "bedkd-fixed", "bedkd-adaptive", "bedkd-all-classes", "bedkd-rounds", "finetune", "nad",
             "rap")
@@ -69,31 +70,12 @@ def label_spread(*, dataset: str, attacks: dict, scale: str = "quick", seed: int
 
 def _statuses(grid: str) -> tuple[str, list]:
     """The grid's name, and its cells with their states (an optional cell only once it has finished)."""
-    from . import sweep
-
-    spec = sweep.load_grid(grid)
-    return spec.name, [s for s in sweep.sweep_status(spec, store.RESULTS_DIR)
-                       if not s.cell.optional or s.state == sweep.DONE]
+    return grid_statuses(grid)
 
 
 def coverage_line(*, grid: str) -> str:
-    """'grid: N of M cells finished; not run: sst2/dual (all), sst2/sos (nad, rap), …' in the grid's order."""
-    from . import sweep
-
-    name, statuses = _statuses(grid)
-    done = sum(s.state == sweep.DONE for s in statuses)
-    by_condition: dict[str, tuple[list, list]] = {}
-    for s in statuses:
-        pair = by_condition.setdefault(f"{s.cell.dataset}/{s.cell.attack}", ([], []))
-        pair[s.state != sweep.DONE].append(s.cell.defense)
-    missing = []
-    for condition, (finished, left) in by_condition.items():
-        if left:
-            which = ("all" if not finished else
-                     f"all but {', '.join(finished)}" if len(finished) < len(left) else ", ".join(left))
-            missing.append(f"{condition} ({which})")
-    line = f"{name}: {done} of {len(statuses)} cells finished"
-    return line + (f"; not run: {', '.join(missing)}" if missing else "") + "."
+    """`book_grid.coverage_line`: 'grid: N of M cells with the current settings; not run: sst2/dual (all), …'."""
+    return book_grid.coverage_line(grid=grid)
 
 
 def _asr_columns(report: dict) -> dict:

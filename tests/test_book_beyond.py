@@ -78,9 +78,10 @@ def results(tmp_path, monkeypatch):
 def test_coverage_line_counts_finished_cells_and_names_the_rest_by_condition(results):
     line = book_beyond.coverage_line(grid=GRID)
     total = len(sweep.expected_cells(GRID))
-    assert line.startswith(f"{GRID}: 4 of {total} cells finished; not run: sst2/badnets-clean (all but none), ")
+    assert line.startswith(f"{GRID}: 4 of {total} cells with the current settings; not run: "
+                           "sst2/badnets-clean (all but none), ")
     assert "sst2/dual (finetune, nad, rap)" in line and "sst2/sos (all)" in line  # a killed cell is not finished
-    assert "agnews/badnets (all)" in line and line.endswith(".")
+    assert "agnews (all)" in line and line.endswith(".")  # a dataset none of whose cells ran is named once
     assert "not yet run" not in line
 
 
@@ -88,9 +89,10 @@ def test_a_grid_file_is_named_by_its_name_and_a_finished_grid_names_nothing_miss
     monkeypatch.setattr(store, "RESULTS_DIR", tmp_path)
     grid = tmp_path / "tiny.yaml"
     grid.write_text("scale: quick\ndatasets: [sst2]\nattacks: [dual]\ndefenses: [none]\n")
-    assert book_beyond.coverage_line(grid=str(grid)) == "tiny: 0 of 1 cells finished; not run: sst2/dual (all)."
+    assert book_beyond.coverage_line(grid=str(grid)) == (
+        "tiny: 0 of 1 cells with the current settings; not run: sst2/dual (all).")
     write_report("sst2", "dual", "none", victim={"cacc": 0.85, "asr": 0.9}, grid=str(grid))
-    assert book_beyond.coverage_line(grid=str(grid)) == "tiny: 1 of 1 cells finished."
+    assert book_beyond.coverage_line(grid=str(grid)) == "tiny: 1 of 1 cells with the current settings."
 
 
 def test_condition_rows_read_victim_floor_identification_and_each_backdoor(results):

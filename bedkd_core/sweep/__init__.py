@@ -52,14 +52,15 @@ from .ray_backend import run_ray
 from .schedule import victim_keys
 from .runner import (ARTIFACTS, STAGING_PREFIX, Runner, SweepError, SweepResult, execute_cell, run_cell,
                      run_sweep)
-from .status import (DONE, ERROR, FAILED, INTERRUPTED, LOCK, MISMATCH, NOT_RUN, NOT_RUNNABLE, RUNNING, TO_RUN,
-                     UNSUPPORTED, CellStatus, cell_status, counts_line, expected_settings, format_status,
+from .status import (DONE, ERROR, FAILED, INTERRUPTED, LOCK, MISMATCH, NOT_RUN, NOT_RUNNABLE, POOL_DIFF, RUNNING,
+                     TO_RUN, UNSUPPORTED, CellStatus, cell_status, counts_line, expected_settings, format_status,
                      report_mismatch, summarize_report, sweep_status)
 
 __all__ = [
     "ENTRY_KEYS", "GRIDS_DIR", "LABEL_RE", "TOP_KEYS", "Cell", "Grid", "GridError", "expected_cells", "grid_path",
     "load_grid", "match_cell",
-    "DONE", "ERROR", "FAILED", "INTERRUPTED", "LOCK", "MISMATCH", "NOT_RUN", "NOT_RUNNABLE", "RUNNING", "TO_RUN",
+    "DONE", "ERROR", "FAILED", "INTERRUPTED", "LOCK", "MISMATCH", "NOT_RUN", "NOT_RUNNABLE", "POOL_DIFF", "RUNNING",
+    "TO_RUN",
     "UNSUPPORTED", "CellStatus", "cell_status", "counts_line", "expected_settings", "format_status",
     "report_mismatch", "summarize_report", "sweep_status",
     "ARTIFACTS", "STAGING_PREFIX", "Runner", "SweepError", "SweepResult", "execute_cell", "run_cell", "run_sweep",

@@ -17,6 +17,8 @@ LOCK = ".sweep.lock"
 
 DONE, FAILED, NOT_RUNNABLE, NOT_RUN, INTERRUPTED, RUNNING, MISMATCH, UNSUPPORTED = (
     "done", "failed", "not runnable", "not yet run", "interrupted", "running", "mismatch", "unsupported")
+POOL_DIFF = "clean pool drawn from the victim's training rows (made before the pool was held out)"
+"""The difference a full-scale report made before the defender's clean pool was held out shows (`report_mismatch`)."""
 TO_RUN = (NOT_RUN, INTERRUPTED, FAILED, NOT_RUNNABLE)
 """States a sweep runs (again); `not runnable` is a failure for want of a resource here (defenses.NotRunnable)."""
 
@@ -48,7 +50,7 @@ def report_mismatch(report: dict, expected: dict) -> list[str]:
              "attack": report.get("attack") or {}, "defense": report.get("defense") or {}}
     diffs = []
     if report.get("scale") == "full" and "clean_pool_overlap" not in (report.get("sizes") or {}):
-        diffs.append("clean pool drawn from the victim's training rows (made before the pool was held out)")
+        diffs.append(POOL_DIFF)
     for key in ("scale", "seed", "model"):
         if found[key] is not None and found[key] != expected[key]:
             diffs.append(f"{key} {found[key]!r} ≠ {expected[key]!r}")
