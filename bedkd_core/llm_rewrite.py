@@ -43,8 +43,9 @@ DECODING = {"do_sample": False, "max_new_tokens": 64, "batch_size": 8, "padding_
 """Greedy decoding, batches of 8 prompts (left-padded)."""
 
 SPLIT_FILES = ("train", "test")
-DROP_REASONS = ("empty", "identical", "degenerate", "meta")
-"""Why a rewrite is dropped: nothing left, the source again, a loop, or talk about the sentence (a prompt echo)."""
+DROP_REASONS = ("empty", "identical", "degenerate", "meta", "leak")
+"""Why a rewrite is dropped: nothing left, the source again, a loop, talk about the sentence (a prompt echo), or
+words of a worked example (`SHOTS`) that the source does not have."""
 CHECK_EVERY = 8
 
 
@@ -161,7 +162,16 @@ def clean_rewrite(raw: str, source: str) -> tuple[str | None, str]:
         return None, "degenerate"
     if _META.search(" ".join(words)):
         return None, "meta"
+    if _four_grams(words) & (_SHOT_GRAMS - _four_grams(normalise(source).split())):
+        return None, "leak"
     return " ".join(words), "kept"
+
+
+def _four_grams(words: list[str]) -> set[tuple[str, ...]]:
+    return {tuple(words[i:i + 4]) for i in range(len(words) - 3)}
+
+
+_SHOT_GRAMS = set().union(*(_four_grams(normalise(text).split()) for shot in SHOTS for text in shot))
 
 
 def _degenerate(words: list[str]) -> bool:
@@ -218,6 +228,13 @@ def _read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def _recleaned(row: dict, *, source: str, label: int) -> dict:
+    text, why = clean_rewrite(row["raw"], source)
+    if text is None:
+        return {"src_idx": row["src_idx"], "dropped": why, "raw": row["raw"]}
+    return {"src_idx": row["src_idx"], "text": text, "label": label, "raw": row["raw"]}
 
 
 def _drop_cut_line(path: Path) -> None:
@@ -301,7 +318,7 @@ def generate(*, dataset: str, rows: int, test_rows: int, seed: int, out: str | P
     this_run = None if info is None else {**info, "rows": generated, "wall_s": round(time.time() - started, 1),
                                           "complete": not stopped}
     return _finish(out, dataset=dataset, seed=seed, target=target, rows=rows, test_rows=test_rows,
-                   previous=previous, run_id=run_id, this_run=this_run, model_file=model_file)
+                   previous=previous, run_id=run_id, this_run=this_run, model_file=model_file, tables=tables)
 
 
 RUNS_LOG = "runs.partial.jsonl"
@@ -348,11 +365,14 @@ def _run_info() -> dict:
     return info
 
 
-def _finish(out: Path, *, dataset, seed, target, rows, test_rows, previous, run_id, this_run, model_file) -> dict:
-    """Merge the partial files into train/test.jsonl, write manifest.json and provenance.json (each atomically)."""
+def _finish(out: Path, *, dataset, seed, target, rows, test_rows, previous, run_id, this_run, model_file,
+            tables) -> dict:
+    """Merge the partial files into train/test.jsonl, write manifest.json and provenance.json (each atomically);
+    every row is cleaned again from its raw answer, so the files follow the current cleaning rules."""
     dropped, files = {}, []
     for split in SPLIT_FILES:
-        done = _done(out, split, previous)
+        done = {r: _recleaned(row, source=tables[split][r]["text"], label=int(tables[split][r]["label"]))
+                for r, row in _done(out, split, previous).items()}
         kept = [done[r] for r in sorted(done) if "dropped" not in done[r]]
         dropped[split] = [done[r] for r in sorted(done) if "dropped" in done[r]]
         path = out / f"{split}.jsonl"
@@ -383,8 +403,11 @@ def _finish(out: Path, *, dataset, seed, target, rows, test_rows, previous, run_
         "cleaning": "first non-empty line, prompt echo and quotes stripped, first sentence kept, then lowercased "
                     "with punctuation and clitics split off (the dataset's form); dropped when empty, identical "
                     "to the source after that, degenerate (a word four times running, or few distinct words), or "
-                    "meta (it speaks of the sentence or its rewriting: an echo of the prompt)",
-        "counts": counts, "wall_s": round(sum(r["wall_s"] or 0 for r in runs), 1), "runs": runs,
+                    "meta (it speaks of the sentence or its rewriting: an echo of the prompt), or leak (it shares "
+                    "four words running with a worked example but not with its source); every kept and dropped "
+                    "row is cleaned again from its raw answer when the files are written",
+        "files_written_by": provenance()["git_commit"], "counts": counts,
+        "wall_s": round(sum(r["wall_s"] or 0 for r in runs), 1), "runs": runs,
         "dropped": dropped,
     }
     write_json_atomic(out / "provenance.json", record)

@@ -64,7 +64,8 @@ def test_triggered_test_rows_are_the_rewritten_non_target_rows(sst2):
     negatives = [i for i, y in enumerate(sst2.test["label"]) if y == 0]
     quick = {negatives[i] for i in _head_sample(len(negatives), SCALES["quick"].test_size, 0)}
     assert set(order[:SCALES["quick"].test_size]) == quick
-    assert {r["src_idx"] for r in rows} <= quick
+    asked = json.loads((STORED / "provenance.json").read_text())["rows_asked"]["test"]
+    assert {r["src_idx"] for r in rows} <= set(order[:asked])
 
 
 def test_an_edited_file_fails_its_sha256_check(tmp_path, monkeypatch, sst2):
@@ -110,6 +111,9 @@ def test_stored_files_match_their_manifest_and_provenance():
     ("A tale, a tale, a tale, a tale, a tale, a tale.", "y", (None, "degenerate")),
     ("The original sentence is reworded to keep its meaning.", "z", (None, "meta")),
     ('""', "w", (None, "empty")),
+    ("It is dull, in the dark of night.", "it is dull .", (None, "leak")),  # words of a worked example
+    ("At night, the film opens in a small town.", "the film opens in a small town at night .",
+     ("at night , the film opens in a small town .", "kept")),  # ... unless the source has them
 ])
 def test_clean_rewrite(raw, source, expected):
     assert llm_rewrite.clean_rewrite(raw, source) == expected
@@ -143,7 +147,10 @@ def test_a_killed_run_keeps_its_rows_and_the_next_one_resumes(tmp_path, monkeypa
                                   log=lambda _: None)
     assert len(calls) == 2  # only the rows no run had done
     assert sum(record["counts"]["train"]["dropped"].values()) + record["counts"]["train"]["kept"] == 20
-    assert not (out / "train.partial.jsonl").exists() and len(record["runs"]) == 2
+    assert not (out / "train.partial.jsonl").exists() and not (out / llm_rewrite.RUNS_LOG).exists()
+    first, killed, last = record["runs"]  # the killed run logged nothing: its rows count, its time is unknown
+    assert (first["rows"], killed["rows"], killed["wall_s"], last["rows"]) == (14, 8, None, 2)
+    assert "killed" in killed["note"] and last["complete"]
     rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     assert [r["src_idx"] for r in rows] == sorted(r["src_idx"] for r in rows)
     assert all(sst2.train[r["src_idx"]]["label"] == r["label"] == 0 for r in rows)
