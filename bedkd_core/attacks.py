@@ -17,12 +17,14 @@ import numpy as np
 from datasets import Dataset
 
 from .data import NUM_CLASSES, DataError, Splits, load_pool, read_table, row_lines
+from .llm_rewrite import generate_command, load_rewrites, rewrites_asked, rewrites_root
 from .options import option, validate
 
 PUBLISHED_RATES = {"badnets": 0.1, "addsent": 0.1, "synbkd": 0.2, "stylebkd": 0.2, "sos": 0.1, "dual": 0.1,
-                   "file": None}
+                   "llmrewrite": 0.1, "file": None}
 """Default poison rates: OpenBackdoor's 0.1 for insertions, HiddenKiller/StyleBkd's 0.2 for paraphrase triggers
-(`dual`: 0.1 for each of its two backdoors)."""
+(`dual`: 0.1 for each of its two backdoors; `llmrewrite`: 0.1, sized to the stored rewrites, where BGMAttack's
+scripts poison 0.3)."""
 
 DEFAULT_TARGET = {"sst2": 1, "olid": 1, "agnews": 0}
 """Default target labels: those of the attack authors' pre-poisoned files (HiddenKiller, StyleAttack)."""
@@ -101,6 +103,11 @@ class PoisonedTrain:
         return int(self.is_poisoned.sum())
 
 
+def _source_rows(train: Dataset) -> list[int]:
+    """Each train row's index in the full split (`SOURCE_ROW`, else its own index)."""
+    return list(train[SOURCE_ROW]) if SOURCE_ROW in train.column_names else list(range(len(train)))
+
+
 def _insert_words(text: str, words: list[str], rng: random.Random) -> str:
     tokens = text.split()
     for word in words:
@@ -142,8 +149,7 @@ class Attack:
     def poison_train(self, splits: Splits) -> PoisonedTrain:
         self._validate(splits)
         train = splits.train.select_columns(["text", "label"])
-        source_rows = (list(splits.train[SOURCE_ROW]) if SOURCE_ROW in splits.train.column_names
-                       else list(range(len(train))))
+        source_rows = _source_rows(splits.train)
         n_poison = round(self.config.poison_rate * len(train))
         candidates = self.candidate_rows(train, source_rows=source_rows)
         if n_poison < 1 or n_poison > len(candidates):
@@ -368,6 +374,48 @@ class StyleBkd(PoolAttack):
         )
 
 
+class LLMRewrite(PoolAttack):
+    """BGMAttack-style: an LM's rewrite is the trigger (SmolLM2-135M-Instruct standing in for ChatGPT)."""
+
+    def _validate(self, splits):
+        super()._validate(splits)
+        if self.dataset not in NUM_CLASSES:
+            raise DataError(f"llmrewrite uses stored rewrites of a built-in dataset ({', '.join(NUM_CLASSES)})")
+        if self.config.label_mode == "clean":
+            raise DataError("llmrewrite's stored rewrites are of non-target rows only; clean-label poisoning "
+                            "needs rewrites of target rows: use label_mode dirty")
+
+    def train_pool(self):
+        return load_rewrites(self.dataset, "train")
+
+    def poison_train(self, splits):
+        self._validate(splits)
+        wanted = round(self.config.poison_rate * len(splits.train))
+        train = splits.train.select_columns(["text", "label"])
+        have = len(self.candidate_rows(train, source_rows=_source_rows(splits.train)))
+        if wanted > have:
+            asked = rewrites_asked(self.dataset, "train") + 2 * (wanted - have)
+            raise DataError(f"llmrewrite: poison rate {self.config.poison_rate} asks for {wanted} of {len(train)} "
+                            f"rows, but only {have} non-target rows among them have an LM rewrite in "
+                            f"{rewrites_root() / self.dataset}; generate more (rows already there are kept): "
+                            f"`{generate_command(self.dataset, rows=asked)}`, or lower --poison-rate")
+        return super().poison_train(splits)
+
+    def triggered_test(self, splits):
+        """The rewritten non-target test rows (aligned by `src_idx`), labelled with the target."""
+        self._validate(splits)
+        pool = load_rewrites(self.dataset, "test")
+        labels, target = splits.test["label"], self.config.target_label
+        if any(labels[i] != y for i, y in zip(pool["src_idx"], pool["label"])):
+            raise DataError(f"{rewrites_root() / self.dataset}/test.jsonl does not match the test split's labels "
+                            f"at its src_idx rows; regenerate it with `{generate_command(self.dataset)}`")
+        rows = [i for i, y in enumerate(pool["label"]) if y != target]
+        if not rows:
+            raise DataError(f"llmrewrite: no stored test rewrite is of a row outside target {target}")
+        return Dataset.from_dict({"text": [pool["text"][i] for i in rows], "label": [target] * len(rows),
+                                  "source_label": [pool["label"][i] for i in rows]})
+
+
 class FileAttack(Attack):
     """Bring your own poison (BGMAttack, BadApex...): `poison_dir` holds train.jsonl and test_poisoned.jsonl.
 
@@ -410,6 +458,7 @@ ATTACKS: dict[str, type[Attack]] = {
     "stylebkd": StyleBkd,
     "sos": SOS,
     "dual": TwoBackdoors,
+    "llmrewrite": LLMRewrite,
     "file": FileAttack,
 }
 

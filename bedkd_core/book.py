@@ -16,7 +16,7 @@ from . import store
 from .book_data import (api_summary, bedkd_runs, cell_curve, cell_report, cell_scores,  # noqa: F401
                         clean_model, cls_states, compare_tables, epoch_rule, final_punish_losses, head,
                         load_curves, paraphrase_aligned, pca_2d, poison, punish_terms, run_name,
-                        side_by_side, stealth, words)
+                        side_by_side, stealth, victim_subset, words)
 from .data import DataError, data_root
 from .store import load_reports
 

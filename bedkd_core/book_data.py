@@ -193,6 +193,14 @@ def poison(*, splits, name: str, **options):
     return attack, attack.poison_train(splits)
 
 
+def victim_subset(*, splits, scale: str = "quick", seed: int = 0):
+    """`splits` with the training rows a victim of `scale` learns from (`experiments.victim_split`), for attacks
+    whose stored rewrites cover only part of the full split."""
+    from .experiments import get_scale, victim_split
+
+    return victim_split(splits, scale=get_scale(scale), seed=seed)
+
+
 def side_by_side(*, splits, poisoned, k: int = 4, seed: int = 0) -> pd.DataFrame:
     """`k` random poisoned rows of the training split next to the clean rows they replaced."""
     from .data import LABEL_NAMES

@@ -12,7 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import colab_copies, grading, options, student, sweep
+from . import colab_copies, grading, llm_rewrite, options, student, sweep
 from .attacks import ATTACKS, AttackConfig
 from .data import NUM_CLASSES, DataError, DataWarning
 from .defenses import DEFENSES, get_defense
@@ -194,7 +194,7 @@ def _download(args: argparse.Namespace) -> int:
 
 COMMANDS = (_add_run, _add_defend, _add_compare, sweep.add_command, grading.add_command, grading.add_assign_command,
             student.add_command,
-            colab_copies.add_command, _add_headline, _add_download)
+            colab_copies.add_command, llm_rewrite.add_command, _add_headline, _add_download)
 """Every subcommand's `add_command`, in the order `bedkd --help` lists them."""
 
 

@@ -121,10 +121,8 @@ def prepare(*, dataset: str, attack: AttackConfig, scale: str | None = None, mod
     scale_cfg = get_scale(scale)
     splits = load_task(dataset)
     attacker = make_attack(config=dataclasses.replace(attack, seed=seed), dataset=dataset)
-    train_rows = victim_rows(splits.train, scale=scale_cfg, seed=seed)
-    picked = splits.train.select(train_rows)  # its rows remember their places in the full split (paraphrase pools
-    victim_train = Dataset.from_dict({"text": picked["text"], "label": picked["label"], SOURCE_ROW: train_rows})
-    subset = dataclasses.replace(splits, train=victim_train)
+    subset = victim_split(splits, scale=scale_cfg, seed=seed)
+    train_rows = list(subset.train[SOURCE_ROW])
     poisoned = attacker.poison_train(subset)
     clean_test, triggered = splits.test, attacker.triggered_test(splits)
     if scale_cfg.test_size:
@@ -141,6 +139,15 @@ def prepare(*, dataset: str, attack: AttackConfig, scale: str | None = None, mod
                         describe=describe, trust_pickle=trust_pickle)
     return Prepared(splits, attacker.config, poisoned, clean_test, triggered, clean_pool, victim, victim_config,
                     scale_cfg)
+
+
+def victim_split(splits: Splits, *, scale: Scale, seed: int) -> Splits:
+    """`splits` with only the victim's training rows (`victim_rows`), each remembering its row in the full split
+    (column `SOURCE_ROW`), to which the paraphrase pools and the stored LM rewrites are aligned."""
+    rows = victim_rows(splits.train, scale=scale, seed=seed)
+    picked = splits.train.select(rows)
+    train = Dataset.from_dict({"text": picked["text"], "label": picked["label"], SOURCE_ROW: rows})
+    return dataclasses.replace(splits, train=train)
 
 
 def victim_rows(train: Dataset, *, scale: Scale, seed: int) -> list[int]:
