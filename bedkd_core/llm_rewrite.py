@@ -55,7 +55,9 @@ def rewrites_root() -> Path:
     return Path(env).expanduser() if env else REPO_ROOT / "data" / "llm_rewrite"
 
 
-def generate_command(dataset: str = "sst2", rows: int = 700, test_rows: int = 400) -> str:
+def generate_command(dataset: str = "sst2", rows: int = 700, test_rows: int | None = None) -> str:
+    """The command that makes (more) rewrites; by default as many test rows as are stored, at least 400."""
+    test_rows = test_rows or max(400, rewrites_asked(dataset, "test"))
     return (f"bedkd generate-llm-poison --dataset {dataset} --rows {rows} --test-rows {test_rows} --seed 0 "
             f"--out data/llm_rewrite/{dataset}/")
 
