@@ -72,8 +72,8 @@ def _which(seeds: dict[str, tuple[list, list]]) -> str:
 
 
 def coverage_line(*, grid: str, only: list[str] | None = None, label: str | None = None) -> str:
-    """'paper: 0 of 165 cells with the current settings; 24 awaiting a rerun (run before the clean pool was held
-    out); 15 unsupported (bki); not run: sst2/badnets (onion), olid/synbkd (all), agnews (all).'
+    """'paper: 0 of 198 cells with the current settings; 24 awaiting a rerun (run before the clean pool was held
+    out); not run: sst2/badnets (onion), olid/synbkd (all), agnews (all).'
 
     Cells without a report are grouped by dataset and attack in the grid's order: a dataset none of whose cells
     ran is named once. `label` names the grid in the line (default: its name).

@@ -19,7 +19,7 @@ attacks: [badnets, addsent]
 defenses:
   - none
   - {label: bedkd-fixed, name: bedkd, options: {preset: fixed}}
-  - {label: bki, name: bki, requires: "a BKI defense in DEFENSES"}
+  - {label: spectre, name: spectre, requires: "a Spectre defense in DEFENSES"}
 """
 
 
@@ -55,7 +55,7 @@ def write_report(grid, dataset, attack, defense, seed, *, victim, defended=None,
 
 @pytest.fixture
 def grid(tmp_path, monkeypatch):
-    """24 cells (2 datasets × 2 attacks × 3 defenses × 2 seeds; bki unsupported): sst2/badnets none at both
+    """24 cells (2 datasets × 2 attacks × 3 defenses × 2 seeds; spectre unsupported): sst2/badnets none at both
     seeds and bedkd-fixed at seed 0 current, bedkd-fixed at seed 1 made before the pool was held out (on a GPU),
     sst2/addsent none at seed 0 with another poison rate; nothing else, olid nothing at all."""
     monkeypatch.setattr(store, "RESULTS_DIR", tmp_path / "results")
@@ -83,7 +83,7 @@ def test_coverage_line_names_what_did_not_run_by_dataset_and_attack(grid):
     line = book_grid.coverage_line(grid=grid)
     assert line == ("tiny: 3 of 24 cells with the current settings; 1 awaiting a rerun (run before the clean pool "
                     "was held out); 1 run with other settings (bedkd sweep --status names them); 8 unsupported "
-                    "(bki); not run: sst2/addsent (none seed 1, bedkd-fixed), olid (all).")
+                    "(spectre); not run: sst2/addsent (none seed 1, bedkd-fixed), olid (all).")
     assert "not yet run" not in line and "sst2/badnets" not in line  # every cell of it ran
     only_none = book_grid.coverage_line(grid=grid, only=["*/*/none"], label="tiny, victims")
     assert only_none.startswith("tiny, victims: 2 of 8 cells with the current settings; 1 run with other")
