@@ -37,6 +37,10 @@ SOURCE_ROW = "source_row"
 aligned (`src_idx`). `experiments.prepare` adds it to the quick-scale subset; without it row i is full-split row i."""
 
 
+ONE_ATTACK_OPTIONS = {"second_target": "dual", "negative_rows": "sos"}
+"""Options that one attack reads, recorded (and hashed into the victim cache key) for that attack only."""
+
+
 @dataclass(frozen=True)
 class AttackConfig:
     """Every parameter of an attack; `asdict()` is what reports record and what the victim cache hashes."""
@@ -60,6 +64,11 @@ class AttackConfig:
     negative_rate: float = option(
         0.1,
         "SOS: share of rows given a partial trigger and their true label (negative augmentation)")
+    negative_rows: Literal["clean", "any"] = option(
+        "clean",
+        "SOS: the rows copied with a partial trigger: clean rows only, or any row (poisoned rows too, which "
+        "copies a full trigger with the target label unflagged: how SOS ran before this option)",
+        unrecorded="any")
     poison_dir: str | None = option(None, "--attack file: folder with train.jsonl, test_poisoned.jsonl")
 
     def __post_init__(self):
@@ -86,9 +95,10 @@ class AttackConfig:
         return dataclasses.replace(self, poison_rate=rate, target_label=target)
 
     def asdict(self) -> dict:
-        """Every parameter (`second_target` only for `dual`: other attacks' victim cache keys stay as they were)."""
+        """Every parameter (`second_target` only for `dual`, `negative_rows` only for `sos`: other attacks'
+        victim cache keys stay as they were)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-                if k != "second_target" or self.name == "dual"}
+                if self.name == ONE_ATTACK_OPTIONS.get(k, self.name)}
 
 
 @dataclass
@@ -225,7 +235,11 @@ class SOS(Attack):
         words = list(self.config.sos_triggers)
         subsets = list(itertools.combinations(words, len(words) - 1))
         n_negative = round(self.config.negative_rate * len(flags))
-        rows = rng.sample(range(len(flags)), n_negative)
+        sources = range(len(flags)) if self.config.negative_rows == "any" else np.flatnonzero(~flags).tolist()
+        if n_negative > len(sources):
+            raise DataError(f"sos: negative_rate {self.config.negative_rate} asks for {n_negative} copies but only "
+                            f"{len(sources)} {self.config.negative_rows} rows exist; lower --negative-rate")
+        rows = rng.sample(sources, n_negative)
         extra_texts = [_insert_words(texts[r], list(subsets[i % len(subsets)]), rng) for i, r in enumerate(rows)]
         extra_labels = [labels[r] for r in rows]
         return texts + extra_texts, labels + extra_labels, np.concatenate([flags, np.zeros(n_negative, bool)])

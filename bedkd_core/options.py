@@ -21,9 +21,22 @@ from .data import DataError
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
-def option(default, help: str):  # noqa: A002 (the argparse word)
-    """A dataclass field with its default and its help text."""
-    return dataclasses.field(default=default, metadata={"help": help})
+_SAME = object()
+
+
+def option(default, help: str, *, unrecorded=_SAME):  # noqa: A002 (the argparse word)
+    """A dataclass field with its default and its help text. `unrecorded`: what a report made before the option
+    existed was run with, when that differs from the default (`unrecorded_values`)."""
+    metadata = {"help": help}
+    if unrecorded is not _SAME:
+        metadata["unrecorded"] = unrecorded
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def unrecorded_values(cls) -> dict:
+    """{field: value} for the fields of `cls` whose absence from a report means a run with another value than
+    the default: such a report was made with that value, so a sweep must not count it as current."""
+    return {f.name: f.metadata["unrecorded"] for f in dataclasses.fields(cls) if "unrecorded" in f.metadata}
 
 
 @dataclass(frozen=True)

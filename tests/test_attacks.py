@@ -114,6 +114,20 @@ def test_sos_needs_every_word_and_augments_partials(sst2):
     assert all(words <= set(t.split()) for t in poisoned_texts)  # ...the full one only on poisoned rows
 
 
+def test_sos_copies_only_clean_rows_with_a_partial_trigger_unless_told_any(sst2):
+    """A copy of a poisoned row would carry the full trigger and the target label, unflagged (a clean row may
+    hold a trigger word of its own, so a few clean copies complete the combination)."""
+    words = set(AttackConfig(name="sos").sos_triggers)
+    n = len(sst2.train)
+    for rows, low, high in (("clean", 0, 0.01), ("any", 0.05, 0.15)):  # "any": about the poison rate
+        _, poisoned = poison(sst2, name="sos", negative_rows=rows)
+        extra = poisoned.data.select(range(n, len(poisoned.data)))
+        full = sum(words <= set(t.split()) for t in extra["text"])
+        assert low * len(extra) <= full < high * len(extra), (rows, full, len(extra))
+    assert "negative_rows" in AttackConfig(name="sos").asdict()
+    assert "negative_rows" not in AttackConfig(name="badnets").asdict()  # other attacks' cache keys unchanged
+
+
 def test_synbkd_sst2_uses_the_row_aligned_paraphrase(sst2):
     from bedkd_core.data import load_pool
 

@@ -334,6 +334,20 @@ def test_a_full_scale_report_made_before_the_pool_was_held_out_is_flagged(tmp_pa
     assert sweep.report_mismatch(new, expected) == []
 
 
+def test_a_report_that_predates_an_option_with_another_old_behaviour_is_flagged(tmp_path):
+    """SOS once copied poisoned rows too (negative_rows 'any'); a report without the option was made so."""
+    (tmp_path / "sos.yaml").write_text("scale: quick\ndatasets: [sst2]\nattacks: [sos, badnets]\ndefenses: [none]\n")
+    grid = load_grid(str(tmp_path / "sos.yaml"))
+    for cell in grid.cells:
+        expected = expected_settings(cell, scale="quick", model=None)
+        old = fake_report(cell, "quick")
+        old["attack"] = {k: v for k, v in expected["attack"].items() if k != "negative_rows"}
+        assert sweep.report_mismatch(old, expected) == (
+            ["attack.negative_rows 'any' (made before the option was recorded) ≠ 'clean'"]
+            if cell.attack == "sos" else [])
+        assert sweep.report_mismatch({**old, "attack": expected["attack"]}, expected) == []
+
+
 def test_cell_locked_by_another_sweep_is_left_alone(tmp_path):
     import fcntl
 

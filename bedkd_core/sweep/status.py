@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from ..attacks import AttackConfig
+from ..options import unrecorded_values
 from ..store import REPO_ROOT, REPORT, read_json
 from .grid import Cell, Grid
 
@@ -58,6 +60,11 @@ def report_mismatch(report: dict, expected: dict) -> list[str]:
         for key in sorted(set(found[part]) & set(expected[part])):
             if found[part][key] != expected[part][key]:
                 diffs.append(f"{part}.{key} {found[part][key]!r} ≠ {expected[part][key]!r}")
+    for key, before in unrecorded_values(AttackConfig).items():
+        if found["attack"] and key in expected["attack"] and key not in found["attack"] \
+                and before != expected["attack"][key]:
+            diffs.append(f"attack.{key} {before!r} (made before the option was recorded) ≠ "
+                         f"{expected['attack'][key]!r}")
     return diffs
 
 
