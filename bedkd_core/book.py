@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import store
+from . import book_grid, store
 from .book_data import (api_summary, bedkd_runs, cell_curve, cell_report, cell_scores,  # noqa: F401
                         clean_model, cls_states, compare_tables, epoch_rule, final_punish_losses, head,
                         load_curves, paraphrase_aligned, pca_2d, poison, punish_terms, run_name,
@@ -293,6 +293,9 @@ def grid_matrix(*, frame: pd.DataFrame, metric: str, datasets: list[str], attack
 
 ABSTRACT_CLAIM = ("The BeDKD paper's abstract: ASR reduced by 98% on average over three datasets and six attacks, "
                   "CACC not significantly reduced. It is the only published BeDKD number this book cites.")
+FLOOR_CAVEAT = ("A relative ASR reduction ignores the floor: a model never poisoned still sends some triggered "
+                "inputs to the target, so 100% is out of reach where the floor is high; the column ASR ≤ floor + 5 "
+                "pts counts the cells that came down to it.")
 README_MARKERS = ("<!-- headline:start (bedkd headline --readme writes this block) -->", "<!-- headline:end -->")
 
 
@@ -371,12 +374,22 @@ def headline_markdown(grids: tuple[str, ...] = ("paper", "full")) -> str:
         at_floor = f"{int(row.at_floor)} of {int(row.floor_known)}" if row.floor_known else "floor not measured"
         lines.append(f"| {defense} | {row.cells_finished} | {row.mean_asr_reduction:.1%} | {row.mean_cacc_drop * 100:+.1f} pts"
                      f" | {at_floor} | {detected} | {row.defense_seconds} | {row.datasets} | {row.attacks} |")
+    lines += ["", "Per defense and dataset (mean ± 95% t-interval over seeds where there are several):", ""]
+    by_dataset = book_grid.headline_by_dataset(cells)
+    order = {defense: i for i, defense in enumerate(table.index)}
+    lines += _markdown_table(by_dataset.sort_values(["defense", "dataset"], key=lambda c: c.map(order)
+                                                    if c.name == "defense" else c))
     note = provenance_note(cells)
     benchmarks = benchmarks_markdown()
-    return "\n".join(lines) + f"\n\n{note} Full-scale cells only, one seed each; CACC drop > 0 means the defense " \
+    return "\n".join(lines) + f"\n\n{note} Full-scale cells only; CACC drop > 0 means the defense " \
         f"lost accuracy. The floor is the ASR of a model trained on the same rows without poison (from the cell's own " \
         f"report, else from another grid's report of the same victim, e.g. `paper`'s `none` cell).\n\n" + \
-        (f"{benchmarks}\n\n" if benchmarks else "") + f"{ABSTRACT_CLAIM}\n"
+        (f"{benchmarks}\n\n" if benchmarks else "") + f"{ABSTRACT_CLAIM} {FLOOR_CAVEAT}\n"
+
+
+def _markdown_table(frame: pd.DataFrame) -> list[str]:
+    return ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)] + [
+        "| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
 
 
 def benchmarks_markdown() -> str:

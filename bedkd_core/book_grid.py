@@ -316,3 +316,26 @@ def legend(summary: pd.DataFrame) -> str:
     if not summary.empty and (summary["state"] == AWAITING).any():
         line += f" {AWAITING_MARK} or '{AWAITING}': {AWAITING_WHY}."
     return line
+
+
+def headline_by_dataset(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per defense and dataset over `book.finished_cells`: cells, seeds, the mean ASR reduction (%) and CACC
+    drop (points) with their 95% t-interval over seeds, and how many cells reach the floor + 5 points.
+
+    A seed's value is its mean over the attacks that every seed of the group ran, so that the interval
+    compares like with like; `attacks` names them (a `*` marks attacks only some seeds ran)."""
+    rows = []
+    for (defense, dataset), group in cells.groupby(["defense", "dataset"], sort=False):
+        by_seed = group.groupby("seed")["attack"].agg(set)
+        shared = set.intersection(*by_seed)
+        common = group[group["attack"].isin(shared)].groupby("seed")
+        reduction = seed_interval(common["asr_reduction"].mean() * 100)
+        drop = seed_interval(common["cacc_drop"].mean() * 100)
+        attacks = sorted(set(group["attack"]))
+        rows.append({"defense": defense, "dataset": dataset, "cells": len(group), "seeds": len(by_seed),
+                     "ASR reduction (%)": interval_text(reduction[0], reduction[1], digits=1),
+                     "CACC drop (pts)": interval_text(drop[0], drop[1], digits=1),
+                     "ASR ≤ floor + 5 pts": f"{int(group['within_floor'].sum())} of "
+                                            f"{int(group['within_floor'].count())}",
+                     "attacks": ", ".join(a if a in shared else f"{a}*" for a in attacks)})
+    return pd.DataFrame(rows)

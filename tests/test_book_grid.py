@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from bedkd_core import book, book_grid, store, sweep
 
@@ -194,3 +195,23 @@ def test_a_missing_floor_comes_from_a_victim_of_the_same_seed_and_device(grid, t
     cells = book_grid.ran_cells(grid).set_index(["attack", "defense", "seed"])
     assert cells.loc[("addsent", "bedkd-fixed", 0), "floor_asr"] == 0.2  # the CPU victim's, not the GPU's 0.3
     assert np.isnan(cells.loc[("addsent", "bedkd-fixed", 1), "floor_asr"])  # no seed-1 victim measured one
+
+
+def test_headline_by_dataset_intervals_compare_the_attacks_every_seed_ran():
+    cells = pd.DataFrame([
+        dict(defense="bedkd-fixed", dataset="sst2", attack="badnets", seed=0, asr_reduction=0.9,
+             cacc_drop=0.01, within_floor=1.0),
+        dict(defense="bedkd-fixed", dataset="sst2", attack="badnets", seed=1, asr_reduction=0.7,
+             cacc_drop=0.03, within_floor=0.0),
+        dict(defense="bedkd-fixed", dataset="sst2", attack="addsent", seed=0, asr_reduction=0.1,
+             cacc_drop=0.0, within_floor=float("nan")),  # seed 0 only: out of the interval
+        dict(defense="nad", dataset="olid", attack="badnets", seed=0, asr_reduction=0.2, cacc_drop=-0.01,
+             within_floor=0.0),
+    ])
+    table = book_grid.headline_by_dataset(cells).set_index(["defense", "dataset"])
+    half = stats.t.ppf(0.975, df=1) * np.std([90, 70], ddof=1) / np.sqrt(2)
+    row = table.loc[("bedkd-fixed", "sst2")]
+    assert (row["cells"], row["seeds"], row["attacks"]) == (3, 2, "addsent*, badnets")
+    assert row["ASR reduction (%)"] == f"80.0 ± {half:.1f}" and row["ASR ≤ floor + 5 pts"] == "1 of 2"
+    assert table.loc[("nad", "olid"), "ASR reduction (%)"] == "20.0"  # one seed: no interval
+    assert table.loc[("nad", "olid"), "CACC drop (pts)"] == "-1.0"
