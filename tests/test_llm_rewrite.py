@@ -48,7 +48,7 @@ def test_quick_scale_poisons_rewrites_of_its_own_rows(sst2):
 
 def test_too_few_rewrites_are_refused_with_the_command_to_make_more(sst2):
     with pytest.raises(DataError, match=r"only \d+ non-target rows .* `bedkd generate-llm-poison --dataset sst2 "):
-        attack(poison_rate=0.3).poison_train(subset(sst2))
+        attack(poison_rate=0.6).poison_train(subset(sst2))  # more rows than the quick rows have negatives
     with pytest.raises(DataError, match="clean-label"):
         attack(label_mode="clean").poison_train(subset(sst2))
 
