@@ -57,7 +57,9 @@ def cell_report(folder: str | Path) -> dict | None:
 
 
 def cell_scores(folder: str | Path) -> pd.DataFrame | None:
-    """The per-row agreement scores (scores.json, with the oracle flag) of a results folder, or None."""
+    """The per-row agreement scores (scores.json, with the oracle flag) of a results folder, or None.
+
+    The file holds columns (`row`, `score`, `is_poisoned`: lists) or, written before that, a list of rows."""
     saved = store.read_json(Path(folder) / "scores.json")
     return None if saved is None else pd.DataFrame(saved["scores"])
 

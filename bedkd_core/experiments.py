@@ -352,9 +352,10 @@ def _save_defense_artifacts(out: Path, result, prepared: Prepared) -> None:
     save_model(result.model, result.tokenizer, out / "purified_model", {"source": str(prepared.victim.path)})
     scores = result.details.get("scores")
     if scores is not None:
-        rows = [{"row": int(i), "score": float(s), "is_poisoned": bool(prepared.poisoned.is_poisoned[i])}
-                for i, s in zip(scores["rows"], scores["values"])]
-        write_json_atomic(out / "scores.json", {"scores": rows})
+        rows = [int(i) for i in scores["rows"]]
+        columns = {"row": rows, "score": [float(s) for s in scores["values"]],
+                   "is_poisoned": [bool(prepared.poisoned.is_poisoned[i]) for i in rows]}
+        write_json_atomic(out / "scores.json", {"scores": columns}, indent=None)  # columns: a fifth of the size
     if "curve" in result.details:  # with the per-epoch losses (and watch rate / dev accuracy) beside it
         write_json_atomic(out / "curve.json", {"curve": result.details["curve"],
                                                "history": result.details.get("history", [])})

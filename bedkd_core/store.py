@@ -67,10 +67,10 @@ def atomic_dir(folder: str | Path) -> Iterator[Path]:
         raise
 
 
-def write_json_atomic(path: str | Path, payload: dict) -> None:
-    """Write `payload` as indented JSON at `path` atomically."""
+def write_json_atomic(path: str | Path, payload: dict, *, indent: int | None = 2) -> None:
+    """Write `payload` as JSON (indented unless `indent` is None) at `path` atomically."""
     with atomic_file(path) as handle:
-        json.dump(payload, handle, indent=2)
+        json.dump(payload, handle, indent=indent, separators=None if indent else (",", ":"))
 
 
 def read_json(path: str | Path) -> dict | None:

@@ -36,6 +36,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["sst2", "olid"],
                         help="dataset folders, or subfolders such as olid/clean, to carry")
+    parser.add_argument("--python-version", default="3.12",
+                        help="the Python the wheels are for: the device image's (3.12); this machine's "
+                             f"({sys.version_info.major}.{sys.version_info.minor}) to rehearse gpu/sweep.sh here")
     args = parser.parse_args()
     if CARRY.exists():
         shutil.rmtree(CARRY)
@@ -45,7 +48,7 @@ def main() -> None:
     pins = [f"{name}=={importlib.metadata.version(name)}" for name in WHEELS]
     platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "--implementation", "cp", *platforms, "-d", str(CARRY / "wheels"),
+                    "--python-version", args.python_version, "--implementation", "cp", *platforms, "-d", str(CARRY / "wheels"),
                     *pins], check=True)
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True).stdout
     tree_mib = sum((REPO_ROOT / f).stat().st_size for f in tracked.decode().split("\0") if f) / 2**20
@@ -53,7 +56,7 @@ def main() -> None:
     print(f"carry/: {folder_mib(CARRY):.1f} MiB + tracked tree {tree_mib:.1f} MiB = {total:.1f} MiB "
           f"(limit {LIMIT_MIB}); wheels: {', '.join(pins)}")
     if total > LIMIT_MIB:
-        sys.exit(f"over the device tool's {LIMIT_MIB} MiB: carry fewer datasets")
+        sys.exit(f"over the device tool's {LIMIT_MIB} MiB: carry fewer datasets (the tracked tree travels too)")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@
 # one GPU, never two that may train the same victim; "--rerun-mismatched" reruns stored cells made with other
 # settings, such as the full-scale cells whose clean pool overlapped the victim's training rows).
 # benchmarks/bench_sweep_pool.py measures the pool's cells per minute against one worker in the same call.
+# Rehearse here first, at quick scale, with wheels for this machine's Python and results outside the repository:
+#   .venv/bin/python gpu/prepare_carry.py --datasets sst2/clean --python-version 3.11
+#   OUT=/tmp/reh/out RESULTS=/tmp/reh/results BEDKD_CACHE=/tmp/reh/cache PYTHON=.venv/bin/python \
+#     SWEEP_ARGS="--scale quick --backend pool --workers 2" bash gpu/sweep.sh 'sst2/badnets/none,sst2/badnets/rap'
+# (then prepare the carry again without --python-version before the device call).
 set -u
 repo=$(cd "$(dirname "$0")/.." && pwd)
 deadline=$(( $(date +%s) + ${BUDGET_S:-540} ))

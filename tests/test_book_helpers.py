@@ -52,6 +52,9 @@ def test_cell_files_are_read_through_the_book(results):
     assert book.cell_scores(folder)["is_poisoned"].tolist() == [True, False]
     points, dev = book.cell_curve(folder)
     assert points["asr"].to_dict() == {5: 0.3, 10: 0.2} and dev[10] == 0.79
+    columns = {"scores": {"row": [0, 1], "score": [0.01, 0.5], "is_poisoned": [True, False]}}
+    (folder / "scores.json").write_text(json.dumps(columns))  # the columnar form runs write
+    assert book.cell_scores(folder)[["score", "is_poisoned"]].values.tolist() == [[0.01, True], [0.5, False]]
     missing = store.cell_dir(grid="full", dataset="sst2", attack="badnets", defense="bedkd-fixed-no-bound")
     assert book.cell_scores(missing) is None and book.cell_curve(missing) is None
     assert book.cell_report(results / "nowhere") is None

@@ -54,7 +54,7 @@ def test_quick_bedkd_halves_asr_keeps_cacc_and_detects(attack, tmp_path, monkeyp
     assert report["defense"]["preset"] == "quick"
     assert (tmp_path / "purified_model" / "model.safetensors").is_file()
     scores = json.loads((tmp_path / "scores.json").read_text())["scores"]
-    assert len(scores) == report["sizes"]["victim_train"]
+    assert len(scores["row"]) == len(scores["score"]) == len(scores["is_poisoned"]) == report["sizes"]["victim_train"]
 
 
 def test_oracle_ablation_gets_rows_from_run_experiment_never_flags(badnets_report, tmp_path, monkeypatch):
