@@ -216,6 +216,28 @@ def test_akd_keeps_the_epoch_where_fewest_watched_rows_keep_their_label(monkeypa
     assert student.weight.item() == 3.0 and history[1]["watch_label_rate"] == 0.2  # epoch 3's weights
 
 
+def test_akd_takes_trust_batches_in_turn_so_every_clean_row_is_used(monkeypatch):
+    from datasets import Dataset
+
+    from bedkd_core.defenses import bedkd as bk
+
+    monkeypatch.setattr(bk, "_fixed_batches", lambda teacher, tokenizer, data, **k: [
+        f"{text} batch" for text in data["text"]])
+    steps = []
+    monkeypatch.setattr(bk, "_distill_step", lambda student, optimizer, batch, **k: steps.append(batch) or 0.0)
+    clean = Dataset.from_dict({"text": ["t0", "t1", "t2", "t3", "t4"], "label": [0, 1, 0, 1, 0]})
+    punish = Dataset.from_dict({"text": ["p0"], "label": [1]})
+    config = make_config(akd_epochs=3, holdout=0, trust_batches=2)
+    bk.akd(torch.nn.Linear(1, 1), None, clean=clean, poisoned=punish, config=config)
+    assert steps == ["t0 batch", "t1 batch", "p0 batch", "t2 batch", "t3 batch", "p0 batch",
+                     "t4 batch", "t0 batch", "p0 batch"]
+    steps.clear()
+    bk.akd(torch.nn.Linear(1, 1), None, clean=clean, poisoned=punish, config=make_config(akd_epochs=1, holdout=0))
+    assert steps == ["t0 batch", "t1 batch", "t2 batch", "t3 batch", "t4 batch", "p0 batch"]  # None: all
+    with pytest.raises(DataError, match="trust_batches=0: give at least 1"):
+        make_config(trust_batches=0)
+
+
 def test_train_dmm_reuses_the_cached_dmm_only_for_the_same_teacher_data_and_settings(tmp_path, monkeypatch, sst2):
     from bedkd_core.defenses import bedkd as bk
     from bedkd_core.cache import weights_digest

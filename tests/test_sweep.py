@@ -334,6 +334,24 @@ def test_a_full_scale_report_made_before_the_pool_was_held_out_is_flagged(tmp_pa
     assert sweep.report_mismatch(new, expected) == []
 
 
+def test_a_report_made_with_other_victim_settings_or_before_a_defense_option_is_flagged(tmp_path):
+    """Full-scale victims once trained three epochs of 32; bedkd once ran every trust batch each epoch."""
+    (tmp_path / "g.yaml").write_text("scale: full\ndatasets: [sst2]\nattacks: [badnets]\n"
+                                     "defenses: [{label: bedkd-fixed, name: bedkd}]\n")
+    cell = load_grid(str(tmp_path / "g.yaml")).cells[0]
+    expected = expected_settings(cell, scale="full", model=None)
+    assert expected["victim"] == {"epochs": 1, "batch_size": 16, "batching": "by_length"}
+    new = {**fake_report(cell, "full"), "sizes": {"clean_pool_overlap": 0}}
+    new["victim_config"] = {"model": "minilm", **expected["victim"]}
+    assert sweep.report_mismatch(new, expected) == []
+    old = {**new, "victim_config": {"model": "minilm", "epochs": 3, "batch_size": 32},
+           "defense": {k: v for k, v in new["defense"].items() if k not in ("trust_batches", "batching")}}
+    assert sweep.report_mismatch(old, expected) == [
+        "victim.batch_size 32 ≠ 16", "victim.epochs 3 ≠ 1",
+        "defense.trust_batches None (made before the option was recorded) ≠ 20",
+        "defense.batching 'shuffle' (made before the option was recorded) ≠ 'by_length'"]
+
+
 def test_a_report_that_predates_an_option_with_another_old_behaviour_is_flagged(tmp_path):
     """SOS once copied poisoned rows too (negative_rows 'any'); a report without the option was made so."""
     (tmp_path / "sos.yaml").write_text("scale: quick\ndatasets: [sst2]\nattacks: [sos, badnets]\ndefenses: [none]\n")
@@ -649,14 +667,17 @@ def test_gpu_sweep_script_runs_blocks_in_order_and_packs_finished_cells(tmp_path
 @pytest.mark.parametrize("grid_name", ["paper", "full"])
 def test_reports_written_by_real_runs_match_their_grid_cells(grid_name):
     """The stored reports (run_experiment's JSON, RAP given the attack's target as its protected label) differ
-    from their cells in nothing but the two known flaws awaiting a rerun (full-scale pools drawn from the victim's
-    rows; SOS copies of poisoned rows): the expected settings pass through the same threat model and JSON round
-    trip."""
+    from their cells in nothing but the known reasons awaiting a rerun (full-scale pools drawn from the victim's
+    rows; SOS copies of poisoned rows; the full scale's settings before the faster CPU path): the expected
+    settings pass through the same threat model and JSON round trip."""
     repo = Path(__file__).resolve().parent.parent
     grid = load_grid(grid_name)
     stored = [(c, store.read_json(c.dir(repo / "results") / "report.json")) for c in grid.cells]
     stored = [(c, r) for c, r in stored if r is not None]
-    known = {sweep.POOL_DIFF, "attack.negative_rows 'any' (made before the option was recorded) ≠ 'clean'"}
+    known = {sweep.POOL_DIFF, "attack.negative_rows 'any' (made before the option was recorded) ≠ 'clean'",
+             "victim.batch_size 32 ≠ 16", "victim.epochs 3 ≠ 1", "defense.batching 'shuffle' ≠ 'by_length'",
+             "defense.trust_batches None (made before the option was recorded) ≠ 20",
+             "defense.batching 'shuffle' (made before the option was recorded) ≠ 'by_length'"}
     other = {c.id: [d for d in sweep.report_mismatch(r, expected_settings(c, scale=r["scale"], model=None))
                     if d not in known] for c, r in stored}
     assert stored and not any(other.values()), {k: v for k, v in other.items() if v}

@@ -272,8 +272,11 @@ def akd(teacher, tokenizer, *, clean: Dataset, poisoned: Dataset, config: BeDKDC
                                                      n_dev=len(dev))
         best_key, best_state = None, None
     history = []
+    per_epoch = len(trust) if config.trust_batches is None else min(config.trust_batches, len(trust))
     for epoch in progress(range(1, config.akd_epochs + 1), desc="AKD", leave=False):
-        trust_loss = [_distill_step(student, optimizer, b, **step, sign=1) for b in trust]
+        first = (epoch - 1) * per_epoch
+        turn = [trust[(first + i) % len(trust)] for i in range(per_epoch)]
+        trust_loss = [_distill_step(student, optimizer, b, **step, sign=1) for b in turn]
         punish_loss = [_distill_step(student, optimizer, b, **step, sign=-1) for b in punish]
         history.append({"epoch": epoch, "trust_loss": float(np.mean(trust_loss)),
                         "punish_loss": float(np.mean(punish_loss)) if punish_loss else None})

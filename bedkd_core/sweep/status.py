@@ -1,6 +1,7 @@
 """The state of a cell: finished (and with the grid's settings?), running, failed, interrupted or not yet run."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -34,14 +35,19 @@ class CellStatus:
 
 def expected_settings(cell: Cell, *, scale: str, model: str | None) -> dict:
     """What the report of `cell` must record: scale, seed, model and every attack and defense parameter."""
-    from ..experiments import defense_config  # the config run_experiment will build for this cell
+    from ..experiments import defense_config, get_scale  # what run_experiment will build for this cell
 
     attack = cell.attack_config().resolved(cell.dataset_name).asdict()
     config = defense_config(cell.defense_name, scale=scale, target_label=attack["target_label"],
                             options=cell.defense_options)
     defense = {"name": cell.defense_name, **config.asdict()}
+    victim = get_scale(scale)
     expected = {"scale": scale, "seed": cell.seed, "model": model or os.environ.get("BEDKD_MODEL", "minilm"),
-                "attack": attack, "defense": defense}
+                "attack": attack, "defense": defense,
+                "victim": {"epochs": victim.victim_epochs, "batch_size": victim.victim_batch_size,
+                           "batching": victim.victim_batching},
+                "defense_defaults": {f.name: f.default for f in dataclasses.fields(config)
+                                     if f.default is not dataclasses.MISSING}}
     return json.loads(json.dumps(expected))  # as a report stores it: tuples become lists
 
 
@@ -49,15 +55,16 @@ def report_mismatch(report: dict, expected: dict) -> list[str]:
     """Differences between a finished report and what the cell asks for (keys both sides know)."""
     found = {"scale": report.get("scale"), "seed": report.get("seed"),
              "model": (report.get("victim_config") or {}).get("model"),
-             "attack": report.get("attack") or {}, "defense": report.get("defense") or {}}
+             "attack": report.get("attack") or {}, "defense": report.get("defense") or {},
+             "victim": report.get("victim_config") or {}}
     diffs = []
     if report.get("scale") == "full" and "clean_pool_overlap" not in (report.get("sizes") or {}):
         diffs.append(POOL_DIFF)
     for key in ("scale", "seed", "model"):
         if found[key] is not None and found[key] != expected[key]:
             diffs.append(f"{key} {found[key]!r} ≠ {expected[key]!r}")
-    for part in ("attack", "defense"):
-        for key in sorted(set(found[part]) & set(expected[part])):
+    for part in ("victim", "attack", "defense"):
+        for key in sorted(set(found[part]) & set(expected.get(part, {}))):
             if found[part][key] != expected[part][key]:
                 diffs.append(f"{part}.{key} {found[part][key]!r} ≠ {expected[part][key]!r}")
     for key, before in unrecorded_values(AttackConfig).items():
@@ -65,6 +72,11 @@ def report_mismatch(report: dict, expected: dict) -> list[str]:
                 and before != expected["attack"][key]:
             diffs.append(f"attack.{key} {before!r} (made before the option was recorded) ≠ "
                          f"{expected['attack'][key]!r}")
+    for key, default in (expected.get("defense_defaults") or {}).items():  # an option added since ran its default
+        if found["defense"] and key in expected["defense"] and key not in found["defense"] \
+                and default != expected["defense"][key]:
+            diffs.append(f"defense.{key} {default!r} (made before the option was recorded) ≠ "
+                         f"{expected['defense'][key]!r}")
     return diffs
 
 
