@@ -393,8 +393,8 @@ def _markdown_table(frame: pd.DataFrame) -> list[str]:
 
 
 def benchmarks_markdown() -> str:
-    """One line per benchmark under results/benchmarks/ (book build, BeDKD speed, quick victim), with its commit
-    and device."""
+    """One line per benchmark under results/benchmarks/ (book build, BeDKD speed, quick victim, full-scale cell on
+    the CPU), with its commit and device."""
     lines = []
     book_file, bedkd_file = store.RESULTS_DIR / "benchmarks" / "book.json", store.RESULTS_DIR / "benchmarks" / "bedkd.json"
     if book_file.is_file():
@@ -420,6 +420,16 @@ def benchmarks_markdown() -> str:
         lines.append(f"- The quick victim (`benchmarks/bench_victim.py --compare-quick`, {run['dataset']} {run['attack']}, "
                      f"{run['train_rows']} rows): {_victim_run(now)} vs {_victim_run(before)} before, "
                      f"{before['seconds'] / now['seconds']:.2f}x faster; {_benchmark_provenance(run)}.")
+    full_file = store.RESULTS_DIR / "benchmarks" / "full-cpu.json"
+    if full_file.is_file():
+        run = json.loads(full_file.read_text())
+        now, before = run["sides"]["now"], run["sides"]["before"]
+        lines.append(f"- A full-scale cell on the CPU (`benchmarks/bench_full_cpu.py`, {run['dataset']} {run['attack']}, "
+                     f"victim + bedkd-fixed): {now['seconds']['cell']:.0f} s vs {before['seconds']['cell']:.0f} s "
+                     f"with the settings before, {run['speedup']:.2f}x faster (target 3x); defended CACC "
+                     f"{now['defended']['cacc']:.3f} vs {before['defended']['cacc']:.3f}, ASR "
+                     f"{now['defended']['asr']:.3f} vs {before['defended']['asr']:.3f} (floor "
+                     f"{run['clean_floor']['asr']:.3f}); {_benchmark_provenance(run)}.")
     return "\n".join(lines)
 
 

@@ -296,12 +296,13 @@ def test_fixed_batches_keep_the_reference_order_unless_cut_by_length(sst2):
     rows = sst2.train.select(range(40))
     labels = np.asarray(rows["label"])
     shuffled = bk._fixed_batches(torch.nn.Linear(1, 1), tokenizer, rows, seed=3,
-                                 config=make_config(cache_teacher=False, batch_size=8))
+                                 config=make_config(preset="faithful", cache_teacher=False, batch_size=8))
     order = np.random.default_rng(3).permutation(40)  # the reference: one shuffle, cut in order
     assert [b.labels.tolist() for b in shuffled] == [labels[order[i:i + 8]].tolist() for i in range(0, 40, 8)]
     grouped = bk._fixed_batches(torch.nn.Linear(1, 1), tokenizer, rows, seed=3,
                                 config=make_config(preset="quick", cache_teacher=False, batch_size=8))
-    assert make_config(preset="quick").batching == "by_length" and make_config().batching == "shuffle"
+    assert make_config(preset="quick").batching == make_config().batching == "by_length"
+    assert make_config(preset="faithful").batching == "shuffle"
     assert sum(len(b.labels) for b in grouped) == 40
     assert sum(b.inputs["input_ids"].numel() for b in grouped) < sum(b.inputs["input_ids"].numel() for b in shuffled)
     with pytest.raises(DataError, match="unknown BeDKD batching 'sorted': use one of shuffle, by_length"):

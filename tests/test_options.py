@@ -72,8 +72,9 @@ def test_flags_are_made_from_the_fields_and_read_back_typed():
 def test_the_reshaped_library_keeps_the_victim_cache_keys(monkeypatch, tmp_path):
     # The quick key was computed by the code before the library was reshaped (commit 132a524): the same victims
     # are found again, so no stored report's victim is retrained or silently replaced. The full key is the one
-    # of a victim trained without the defender's clean pool (held out since e4016fa): it differs on purpose
-    # from the earlier d7cffeffcb935f261213, whose training rows held the pool.
+    # of a victim trained without the defender's clean pool (held out since e4016fa) for one epoch of
+    # length-grouped batches of 16 (since 4872dd3): it differs on purpose from the earlier d7cffeffcb935f261213
+    # (training rows that held the pool) and 28cce9e31d16908c134d (three shuffled epochs of 32).
     from bedkd_core import experiments, victim
 
     monkeypatch.setenv("BEDKD_CACHE", str(tmp_path))
@@ -81,7 +82,7 @@ def test_the_reshaped_library_keeps_the_victim_cache_keys(monkeypatch, tmp_path)
     monkeypatch.setattr(victim, "load_classifier", lambda *a, **k: (None, None))
     monkeypatch.setattr(victim, "train_classifier", lambda *a, **k: None)
     monkeypatch.setattr(victim, "save_model", lambda *a, **k: None)
-    for scale, attack, key in [("quick", "badnets", "4c720ffa41afd8f1d409"), ("full", "addsent", "28cce9e31d16908c134d")]:
+    for scale, attack, key in [("quick", "badnets", "4c720ffa41afd8f1d409"), ("full", "addsent", "7228f169ea18fecba8f6")]:
         prepared = experiments.prepare(dataset="sst2", attack=AttackConfig(name=attack), scale=scale, seed=0)
         assert prepared.victim.path.name == key, (scale, attack)
 
