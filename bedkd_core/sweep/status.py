@@ -34,18 +34,19 @@ class CellStatus:
 
 
 def expected_settings(cell: Cell, *, scale: str, model: str | None) -> dict:
-    """What the report of `cell` must record: scale, seed, model and every attack and defense parameter."""
+    """What the report of `cell` must record: scale, seed, model, the victim's training settings and every attack
+    and defense parameter (with the defense's defaults, which a report made before an option existed ran)."""
     from ..experiments import defense_config, get_scale  # what run_experiment will build for this cell
 
     attack = cell.attack_config().resolved(cell.dataset_name).asdict()
     config = defense_config(cell.defense_name, scale=scale, target_label=attack["target_label"],
                             options=cell.defense_options)
     defense = {"name": cell.defense_name, **config.asdict()}
-    victim = get_scale(scale)
+    victim_scale = get_scale(scale)
     expected = {"scale": scale, "seed": cell.seed, "model": model or os.environ.get("BEDKD_MODEL", "minilm"),
                 "attack": attack, "defense": defense,
-                "victim": {"epochs": victim.victim_epochs, "batch_size": victim.victim_batch_size,
-                           "batching": victim.victim_batching},
+                "victim": {"epochs": victim_scale.victim_epochs, "batch_size": victim_scale.victim_batch_size,
+                           "batching": victim_scale.victim_batching},
                 "defense_defaults": {f.name: f.default for f in dataclasses.fields(config)
                                      if f.default is not dataclasses.MISSING}}
     return json.loads(json.dumps(expected))  # as a report stores it: tuples become lists
