@@ -1,8 +1,9 @@
 """A full-scale cell (victim + bedkd-fixed) with today's full-scale settings vs the settings before, side by side.
 
 Before: the victim trains three epochs of shuffled batches of 32, and bedkd-fixed runs all 40 trust batches of
-shuffled rows every AKD epoch. Now (the `full` scale and the `fixed` preset): one epoch of length-grouped batches
-of 16, and 20 trust batches per AKD epoch taken in turn from length-grouped batches. Same poisoned rows, clean
+shuffled rows in each of its 50 AKD epochs. Now (the `full` scale and the `fixed` preset): one epoch of
+length-grouped batches of 16; 20 trust batches per AKD epoch taken in turn from length-grouped batches, and AKD
+stops once its epoch rule's pick has not improved for 10 epochs (`patience`). Same poisoned rows, clean
 pool, test sets and seeds; both victims are trained here in a fresh cache, so nothing is reused. Prints seconds,
 CACC and ASR per side, the clean floor (a clean victim with today's settings), the speed-up and whether the
 quality holds (defended CACC within 1 point of before, both defended ASRs within the floor + 5 points).
@@ -30,7 +31,7 @@ from bedkd_core.store import provenance, write_json_atomic
 from bedkd_core.victim import get_victim
 
 BEFORE_VICTIM = dict(epochs=3, batch_size=32, batching="shuffle")
-BEFORE_BEDKD = dict(preset="fixed", batching="shuffle", trust_batches=None)
+BEFORE_BEDKD = dict(preset="fixed", batching="shuffle", trust_batches=None, patience=None)
 
 
 def run_side(prepared, *, victim, options: dict) -> dict:
@@ -42,6 +43,9 @@ def run_side(prepared, *, victim, options: dict) -> dict:
     victim_eval = time.perf_counter() - started
     config = defense_config("bedkd", scale=prepared.scale.name, target_label=prepared.attack.target_label,
                             options=options)
+    differs = {k: getattr(config, k) for k, v in options.items() if getattr(config, k) != v}
+    if differs:  # the side must run what it says it runs
+        raise RuntimeError(f"the defense config did not take the options {options}: it has {differs}")
     run = run_defense(prepared=dataclasses.replace(prepared, victim=victim), name="bedkd", config=config)
     seconds = {"victim_train": round(victim.seconds, 1), "victim_eval": round(victim_eval, 1),
                "defense": round(run.seconds, 1), "defense_eval": round(run.eval_seconds, 1)}

@@ -216,6 +216,38 @@ def test_akd_keeps_the_epoch_where_fewest_watched_rows_keep_their_label(monkeypa
     assert student.weight.item() == 3.0 and history[1]["watch_label_rate"] == 0.2  # epoch 3's weights
 
 
+def test_akd_stops_once_the_epoch_rule_pick_has_not_improved_for_patience_epochs(monkeypatch):
+    from datasets import Dataset
+
+    from bedkd_core.defenses import bedkd as bk
+
+    # Teacher dev 0.9, then (watch, dev) per epoch: epoch 2 is the last strict improvement; epochs 3 and 4
+    # only tie it (a later epoch alone is no improvement), so patience 2 stops after epoch 4.
+    rates = iter([0.9, 0.5, 0.9, 0.0, 0.9, 0.0, 0.9, 0.0, 0.9, 0.0, 0.95])
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    monkeypatch.setattr(bk, "_fixed_batches", lambda *a, **k: ["one trust batch"])
+    monkeypatch.setattr(bk, "_distill_step", lambda student, *a, **k: student.weight.data.add_(1.0).item())
+    monkeypatch.setattr(bk, "_label_rate", lambda model, *a, **k: next(rates))
+    rows = Dataset.from_dict({"text": ["a"], "label": [1]})
+    config = make_config(akd_epochs=9, holdout=1, patience=2)
+    student, history = bk.akd(Tiny(), None, clean=rows, poisoned=rows.select([]), config=config, watch=rows,
+                              dev=rows)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and history[-1].get("stopped") is True
+    assert [h["selected"] for h in history] == [False, False, False, True]  # ties go to the later epoch
+    assert student.weight.item() == 4.0
+    rates = iter([0.9] + [0.5, 0.9] * 9)  # without patience every epoch runs
+    _, history = bk.akd(Tiny(), None, clean=rows, poisoned=rows.select([]),
+                        config=make_config(akd_epochs=9, holdout=1, patience=None), watch=rows, dev=rows)
+    assert len(history) == 9 and not any(h.get("stopped") for h in history)
+    with pytest.raises(DataError, match="patience=0: give at least 1"):
+        make_config(patience=0)
+
+
 def test_akd_takes_trust_batches_in_turn_so_every_clean_row_is_used(monkeypatch):
     from datasets import Dataset
 

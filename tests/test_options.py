@@ -92,3 +92,15 @@ def test_configs_are_frozen_and_serialise_into_reports():
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.tau = 0.2
     assert config.asdict()["tau"] == 0.05 and config.asdict()["preset"] == "quick"
+
+
+def test_an_option_given_as_none_sets_none_over_the_preset():
+    # The fixed preset bounds the punish loss and takes 20 trust batches; a grid's `punish_bound: null`, the
+    # CLI's --no-punish-bound or a benchmark's `trust_batches=None` must reach the config, not be dropped.
+    fixed = make_defense_config("bedkd", scale="full")
+    assert (fixed.punish_bound, fixed.trust_batches, fixed.patience) == (3.0, 20, 10)
+    unbounded = make_defense_config("bedkd", scale="full", punish_bound=None, trust_batches=None, patience=None)
+    assert (unbounded.punish_bound, unbounded.trust_batches, unbounded.patience) == (None, None, None)
+    assert make_defense_config("bedkd", scale="full", preset=None).preset == "fixed"  # no preset named
+    with pytest.raises(DataError):  # a baseline field that takes no None says so
+        make_defense_config("finetune", scale="quick", epochs=None)

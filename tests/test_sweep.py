@@ -677,7 +677,8 @@ def test_reports_written_by_real_runs_match_their_grid_cells(grid_name):
     known = {sweep.POOL_DIFF, "attack.negative_rows 'any' (made before the option was recorded) ≠ 'clean'",
              "victim.batch_size 32 ≠ 16", "victim.epochs 3 ≠ 1", "defense.batching 'shuffle' ≠ 'by_length'",
              "defense.trust_batches None (made before the option was recorded) ≠ 20",
-             "defense.batching 'shuffle' (made before the option was recorded) ≠ 'by_length'"}
+             "defense.batching 'shuffle' (made before the option was recorded) ≠ 'by_length'",
+             "defense.patience None (made before the option was recorded) ≠ 10"}
     other = {c.id: [d for d in sweep.report_mismatch(r, expected_settings(c, scale=r["scale"], model=None))
                     if d not in known] for c, r in stored}
     assert stored and not any(other.values()), {k: v for k, v in other.items() if v}

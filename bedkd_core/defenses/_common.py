@@ -82,14 +82,15 @@ def held_out_split(data: DefenderData, *, per_class: int, seed: int, defense: st
 
 
 def apply_preset(config_cls, presets: dict, scale: str, options: dict, *, defense: str):
-    """The config of `config_cls` for `scale` (a key of `presets`), with `options` overriding fields."""
+    """The config of `config_cls` for `scale` (a key of `presets`), with `options` overriding fields (an option
+    given as None sets None)."""
     fields = {f.name for f in dataclasses.fields(config_cls)}
     unknown = set(options) - fields
     if unknown:
         raise DataError(f"unknown {defense} option(s) {', '.join(sorted(unknown))}: valid are {', '.join(sorted(fields))}")
     if scale not in presets:
         raise DataError(f"unknown scale {scale!r} for {defense}: use one of {', '.join(presets)}")
-    values = {**presets[scale], **{k: v for k, v in options.items() if v is not None}}
+    values = {**presets[scale], **options}
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return config_cls(**values)
 

@@ -245,6 +245,11 @@ def _epoch_key(row: dict, *, dev_floor: float) -> tuple:
     return row["dev_accuracy"] < dev_floor, row["watch_label_rate"], -row["dev_accuracy"], -row["epoch"]
 
 
+def _improved(row: dict, best: dict | None, *, dev_floor: float) -> bool:
+    """Whether `row` beats `best` on the epoch rule by more than being later (what `patience` waits for)."""
+    return best is None or _epoch_key(row, dev_floor=dev_floor)[:3] < _epoch_key(best, dev_floor=dev_floor)[:3]
+
+
 def select_epoch(*, history: list[dict], dev_floor: float) -> int:
     """The epoch `akd`'s rule keeps from a history with watch and dev rates (it replays stored histories)."""
     return min(history, key=lambda row: _epoch_key(row, dev_floor=dev_floor))["epoch"]
@@ -257,7 +262,8 @@ def akd(teacher, tokenizer, *, clean: Dataset, poisoned: Dataset, config: BeDKDC
     One Adam optimizer serves both phases. `on_epoch(epoch, student)` is called after each epoch. Given `watch`
     (identified rows not punished) and `dev` (clean rows not trained on), each epoch records how many watched rows
     keep their label and the dev accuracy, and the student of the epoch chosen by `config.holdout`'s rule is
-    returned; otherwise the last epoch's.
+    returned; otherwise the last epoch's. With `config.patience`, training stops once that rule's pick has not
+    improved for so many epochs (the last history row then has `stopped: True`).
     """
     seed_everything(config.seed)
     trust = _fixed_batches(teacher, tokenizer, clean, config=config, seed=config.seed)
@@ -270,7 +276,7 @@ def akd(teacher, tokenizer, *, clean: Dataset, poisoned: Dataset, config: BeDKDC
         teacher_accuracy = _label_rate(teacher, tokenizer, dev, max_length=config.max_length)
         dev_floor = teacher_accuracy - dev_tolerance(config=config, teacher_accuracy=teacher_accuracy,
                                                      n_dev=len(dev))
-        best_key, best_state = None, None
+        best_key, best_state, best_row = None, None, None
     history = []
     per_epoch = len(trust) if config.trust_batches is None else min(config.trust_batches, len(trust))
     for epoch in progress(range(1, config.akd_epochs + 1), desc="AKD", leave=False):
@@ -285,6 +291,8 @@ def akd(teacher, tokenizer, *, clean: Dataset, poisoned: Dataset, config: BeDKDC
             watch_rate = _label_rate(student, tokenizer, watch, max_length=config.max_length)
             dev_accuracy = _label_rate(student, tokenizer, dev, max_length=config.max_length)
             history[-1].update(watch_label_rate=watch_rate, dev_accuracy=dev_accuracy, dev_floor=dev_floor)
+            if _improved(history[-1], best_row, dev_floor=dev_floor):
+                best_row = history[-1]
             key = _epoch_key(history[-1], dev_floor=dev_floor)
             if best_key is None or key < best_key:
                 best_key, best_state = key, {k: v.detach().clone() for k, v in student.state_dict().items()}
@@ -292,6 +300,9 @@ def akd(teacher, tokenizer, *, clean: Dataset, poisoned: Dataset, config: BeDKDC
         if on_epoch is not None:
             on_epoch(epoch, student)
         student.train()
+        if selecting and config.patience is not None and epoch - best_row["epoch"] >= config.patience:
+            history[-1]["stopped"] = True
+            break
     if selecting:
         student.load_state_dict(best_state)
         for row in history:
@@ -389,7 +400,8 @@ def _round(*, teacher, tokenizer, data: DefenderData, config: BeDKDConfig, curve
     used = {"clean": len(dmm_clean) + len(akd_clean), "suspect": len(data.suspect), "dev": 0}
     details = {"summary": {**info_dmm, **info, "n_identified": int(len(flagged)), "n_watched": int(len(watched)),
                            "defender_rows": used,
-                           "selected_epoch": kept["epoch"], "final_trust_loss": history[-1]["trust_loss"],
+                           "selected_epoch": kept["epoch"], "epochs_run": len(history),
+                           "final_trust_loss": history[-1]["trust_loss"],
                            "final_punish_loss": history[-1]["punish_loss"]},
                "history": history, "watched_rows": watched.tolist()}
     if scores is not None:

@@ -84,6 +84,11 @@ class BeDKDConfig(DefenseConfig):
         "identified): the student is taken from the epoch where the fewest of them keep their (target) "
         "label, among epochs whose accuracy on the DMM's clean rows (true labels; AKD never trains on "
         "them) is within `dev_tolerance` of the teacher's. 0 keeps the last epoch, as the reference does.")
+    patience: int | None = option(
+        None,
+        "Stop AKD once the epoch rule's pick has not improved for this many epochs (no fewer watched rows "
+        "keeping their label, no higher dev accuracy within the band); None runs every epoch. Needs the "
+        "watched rows (holdout > 0).")
     dev_tolerance: float = option(0.02, "accuracy the kept epoch may lose on the DMM's clean rows")
     dev_rule: Literal["fixed", "stderr"] = option(
         "fixed",
@@ -119,6 +124,8 @@ class BeDKDConfig(DefenseConfig):
                             f"{self.refine!r})")
         if self.trust_batches is not None and self.trust_batches < 1:
             raise DataError(f"trust_batches={self.trust_batches}: give at least 1, or None for every clean batch")
+        if self.patience is not None and self.patience < 1:
+            raise DataError(f"patience={self.patience}: give at least 1 epoch, or None to run every epoch")
         if self.rounds < 1 or (self.rounds > 1 and self.count != "evidence"):
             raise DataError(f"rounds={self.rounds}: give 1, or more than 1 with count='evidence' (it stops when "
                             "the evidence supports no row to punish; a fixed count never would)")
@@ -130,7 +137,7 @@ class BeDKDConfig(DefenseConfig):
 
 
 PRESETS = {
-    "fixed": dict(batching="by_length", trust_batches=20),
+    "fixed": dict(batching="by_length", trust_batches=20, patience=10),
     "faithful": dict(scan="file_order", max_candidates=128, infer_target=False, refine="none", mask_padding=False,
                      punish_bound=None, holdout=0),
     "quick": dict(dmm_per_class=64, clean_per_class=64, dmm_epochs=10, akd_epochs=12, batching="by_length"),
@@ -169,8 +176,10 @@ SCALE_PRESETS = {"quick": "quick", "full": "fixed"}
 
 
 def configure(*, scale: str, options: dict) -> BeDKDConfig:
-    """The config for `scale` (its default preset unless `options` name one), with `options` overriding."""
+    """The config for `scale` (its default preset unless `options` name one), with `options` overriding; an
+    option given as None sets None (`punish_bound=None`: no bound; `trust_batches=None`: every batch)."""
     if scale not in SCALE_PRESETS:
         raise DataError(f"unknown scale {scale!r} for bedkd: use one of {', '.join(SCALE_PRESETS)}")
-    options = {k: v for k, v in options.items() if v is not None}
+    if options.get("preset") is None:
+        options = {k: v for k, v in options.items() if k != "preset"}
     return make_config(**{"preset": SCALE_PRESETS[scale], **options})
