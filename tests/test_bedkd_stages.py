@@ -190,59 +190,50 @@ def test_oracle_identification_punishes_only_the_rows_the_caller_hands_over(monk
         bk.bedkd(victim=victim, data=data, config=make_config(preset="quick"), oracle_rows=poisoned)  # a leak
 
 
-def test_akd_keeps_the_epoch_where_fewest_watched_rows_keep_their_label(monkeypatch):
+class _OneWeight(torch.nn.Module):
+    """A student whose one weight counts the AKD steps taken (each scripted step adds 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+
+def _scripted_akd(monkeypatch, rates: list[float], *, config, **hooks):
+    """Run `akd` on one-row data with scripted label rates: the teacher's dev rate, then (watch, dev) per epoch."""
     from datasets import Dataset
 
     from bedkd_core.defenses import bedkd as bk
 
-    # Watched rows keep their label at rates 0.9, 0.2, 0.6 over three epochs; dev accuracy 0.85 at epoch 2 is
-    # below the teacher's 0.9 - tolerance, so epoch 3 wins only if epoch 2 is ruled out.
-    rates = iter([0.9, 0.9, 0.9, 0.2, 0.85, 0.6, 0.9])  # teacher dev, then (watch, dev) per epoch
-
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(1))
-
+    script = iter(rates)
     monkeypatch.setattr(bk, "_fixed_batches", lambda *a, **k: ["one trust batch"])
     monkeypatch.setattr(bk, "_distill_step", lambda student, *a, **k: student.weight.data.add_(1.0).item())
-    monkeypatch.setattr(bk, "_label_rate", lambda model, *a, **k: next(rates))
-    seen = []
+    monkeypatch.setattr(bk, "_label_rate", lambda model, *a, **k: next(script))
     rows = Dataset.from_dict({"text": ["a"], "label": [1]})
-    config = make_config(akd_epochs=3, holdout=1, dev_tolerance=0.02)
-    student, history = bk.akd(Tiny(), None, clean=rows, poisoned=rows.select([]), config=config, watch=rows,
-                              dev=rows, on_epoch=lambda epoch, student: seen.append(epoch))
+    return bk.akd(_OneWeight(), None, clean=rows, poisoned=rows.select([]), config=config, watch=rows, dev=rows,
+                  **hooks)
+
+
+def test_akd_keeps_the_epoch_where_fewest_watched_rows_keep_their_label(monkeypatch):
+    # Watched rows keep their label at rates 0.9, 0.2, 0.6 over three epochs; dev accuracy 0.85 at epoch 2 is
+    # below the teacher's 0.9 - tolerance, so epoch 3 wins only if epoch 2 is ruled out.
+    seen = []
+    student, history = _scripted_akd(monkeypatch, [0.9, 0.9, 0.9, 0.2, 0.85, 0.6, 0.9],
+                                     config=make_config(akd_epochs=3, holdout=1, dev_tolerance=0.02),
+                                     on_epoch=lambda epoch, student: seen.append(epoch))
     assert seen == [1, 2, 3] and [h["selected"] for h in history] == [False, False, True]
     assert student.weight.item() == 3.0 and history[1]["watch_label_rate"] == 0.2  # epoch 3's weights
 
 
 def test_akd_stops_once_the_epoch_rule_pick_has_not_improved_for_patience_epochs(monkeypatch):
-    from datasets import Dataset
-
-    from bedkd_core.defenses import bedkd as bk
-
     # Teacher dev 0.9, then (watch, dev) per epoch: epoch 2 is the last strict improvement; epochs 3 and 4
     # only tie it (a later epoch alone is no improvement), so patience 2 stops after epoch 4.
-    rates = iter([0.9, 0.5, 0.9, 0.0, 0.9, 0.0, 0.9, 0.0, 0.9, 0.0, 0.95])
-
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.zeros(1))
-
-    monkeypatch.setattr(bk, "_fixed_batches", lambda *a, **k: ["one trust batch"])
-    monkeypatch.setattr(bk, "_distill_step", lambda student, *a, **k: student.weight.data.add_(1.0).item())
-    monkeypatch.setattr(bk, "_label_rate", lambda model, *a, **k: next(rates))
-    rows = Dataset.from_dict({"text": ["a"], "label": [1]})
-    config = make_config(akd_epochs=9, holdout=1, patience=2)
-    student, history = bk.akd(Tiny(), None, clean=rows, poisoned=rows.select([]), config=config, watch=rows,
-                              dev=rows)
+    student, history = _scripted_akd(monkeypatch, [0.9, 0.5, 0.9, 0.0, 0.9, 0.0, 0.9, 0.0, 0.9, 0.0, 0.95],
+                                     config=make_config(akd_epochs=9, holdout=1, patience=2))
     assert [h["epoch"] for h in history] == [1, 2, 3, 4] and history[-1].get("stopped") is True
     assert [h["selected"] for h in history] == [False, False, False, True]  # ties go to the later epoch
     assert student.weight.item() == 4.0
-    rates = iter([0.9] + [0.5, 0.9] * 9)  # without patience every epoch runs
-    _, history = bk.akd(Tiny(), None, clean=rows, poisoned=rows.select([]),
-                        config=make_config(akd_epochs=9, holdout=1, patience=None), watch=rows, dev=rows)
+    _, history = _scripted_akd(monkeypatch, [0.9] + [0.5, 0.9] * 9,  # without patience every epoch runs
+                               config=make_config(akd_epochs=9, holdout=1, patience=None))
     assert len(history) == 9 and not any(h.get("stopped") for h in history)
     with pytest.raises(DataError, match="patience=0: give at least 1"):
         make_config(patience=0)
