@@ -300,7 +300,8 @@ def akd(teacher, tokenizer, *, clean: Dataset, poisoned: Dataset, config: BeDKDC
         if on_epoch is not None:
             on_epoch(epoch, student)
         student.train()
-        if selecting and config.patience is not None and epoch - best_row["epoch"] >= config.patience:
+        if selecting and config.patience is not None and epoch - best_row["epoch"] >= config.patience \
+                and epoch < config.akd_epochs:
             history[-1]["stopped"] = True
             break
     if selecting:

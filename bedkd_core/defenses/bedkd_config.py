@@ -146,11 +146,12 @@ _ADAPTIVE = dict(count="evidence", dev_rule="stderr")
 PRESETS |= {"adaptive": {**PRESETS["fixed"], **_ADAPTIVE}, "quick-adaptive": {**PRESETS["quick"], **_ADAPTIVE}}
 """Named presets; `quick` shrinks the fixed preset to run in minutes on 2 CPU cores.
 
-fixed keeps the reference's data (320 clean rows per class for AKD) and its 50 epochs of two punish batches, but
-cuts batches by length and takes 20 of the 40 trust batches per epoch in turn, so every clean row is still used
-(25 times rather than 50). With the full scale's one-epoch victim, a full-scale SST-2 AddSent cell ran 1.89x
-faster on 2 CPU cores at the same quality (802 s against 1,515 s; defended CACC 0.886 against 0.889, ASR 0.000
-both; results/benchmarks/full-cpu.json, written by benchmarks/bench_full_cpu.py side by side).
+fixed keeps the reference's data (320 clean rows per class for AKD) and up to 50 epochs of two punish batches, but
+cuts batches by length, takes 20 of the 40 trust batches per epoch in turn, so every clean row is still used, and
+stops once its epoch rule's pick has not improved for 10 epochs (`patience`). With the full scale's one-epoch
+victim, benchmarks/bench_full_cpu.py times a full-scale SST-2 AddSent cell against the settings before, side by
+side, and checks the quality; results/benchmarks/full-cpu.json (and the README's benchmark line) holds what it
+measured.
 
 quick also cuts its batches by length (half the padding, about a third less time on a CPU). It trades clean rows for
 epochs: 12 epochs of 8 trust + 2 punish batches, not 6 of 16 + 2. The punished
