@@ -427,7 +427,8 @@ def benchmarks_markdown() -> str:
         lines.append(f"- A full-scale cell on the CPU (`benchmarks/bench_full_cpu.py`, {run['dataset']} {run['attack']}, "
                      f"victim + bedkd-fixed): {now['seconds']['cell']:.0f} s vs {before['seconds']['cell']:.0f} s "
                      f"with the settings before, {run['speedup']:.2f}x faster (target 3x); defended CACC "
-                     f"{now['defended']['cacc']:.3f} vs {before['defended']['cacc']:.3f}, ASR "
+                     f"{now['defended']['cacc']:.3f} vs {before['defended']['cacc']:.3f} "
+                     f"({_points(now['defended']['cacc'] - before['defended']['cacc'])}), ASR "
                      f"{now['defended']['asr']:.3f} vs {before['defended']['asr']:.3f} (floor "
                      f"{run['clean_floor']['asr']:.3f}); {_benchmark_provenance(run)}.")
     return "\n".join(lines)
@@ -437,6 +438,12 @@ def _victim_run(run: dict) -> str:
     config = run["config"]
     return (f"{run['seconds']:.0f} s ({config['epochs']} epoch(s) of {config['batching']} batches of "
             f"{config['batch_size']}: CACC {run['cacc']:.3f}, ASR {run['asr']:.3f})")
+
+
+def _points(difference: float) -> str:
+    """A CACC difference in points, and whether it is within the benchmark's one point."""
+    within = "within 1 point" if abs(difference) <= 0.01 else "higher now" if difference > 0 else "LOWER now"
+    return f"{100 * difference:+.1f} points, {within}"
 
 
 def _benchmark_provenance(run: dict) -> str:

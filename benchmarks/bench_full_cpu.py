@@ -6,7 +6,8 @@ length-grouped batches of 16; 20 trust batches per AKD epoch taken in turn from 
 stops once its epoch rule's pick has not improved for 10 epochs (`patience`). Same poisoned rows, clean
 pool, test sets and seeds; both victims are trained here in a fresh cache, so nothing is reused. Prints seconds,
 CACC and ASR per side, the clean floor (a clean victim with today's settings), the speed-up and whether the
-quality holds (defended CACC within 1 point of before, both defended ASRs within the floor + 5 points).
+quality holds (defended CACC within 1 point of before, and not more than 1 point lower; both defended ASRs within
+the floor + 5 points).
 
     python benchmarks/bench_full_cpu.py [--dataset sst2] [--attack addsent] [--scale full] \\
         [--json results/benchmarks/full-cpu.json]
@@ -76,7 +77,8 @@ def main() -> None:
     floor_seconds = time.perf_counter() - started
     now, before = sides["now"], sides["before"]
     speedup = before["seconds"]["cell"] / now["seconds"]["cell"]
-    quality = {"cacc_within_1_point": abs(now["defended"]["cacc"] - before["defended"]["cacc"]) <= 0.01,
+    cacc_change = now["defended"]["cacc"] - before["defended"]["cacc"]
+    quality = {"cacc_within_1_point": abs(cacc_change) <= 0.01, "cacc_not_1_point_lower": cacc_change >= -0.01,
                "now_asr_within_floor_5": now["defended"]["asr"] <= floor["asr"] + 0.05,
                "before_asr_within_floor_5": before["defended"]["asr"] <= floor["asr"] + 0.05}
     for name, side in sides.items():

@@ -167,13 +167,14 @@ def test_headline_lists_the_benchmarks_with_their_provenance(results):
     (results / "benchmarks" / "quick-victim.json").write_text(json.dumps(
         {"dataset": "sst2", "attack": "badnets", "train_rows": 2000, "runs": runs, "provenance": prov}))
     side = {"seconds": {"cell": 800.0}, "defended": {"cacc": 0.886, "asr": 0.0}}
+    before = {"seconds": {"cell": 1600.0}, "defended": {"cacc": 0.906, "asr": 0.0}}
     (results / "benchmarks" / "full-cpu.json").write_text(json.dumps(
         {"dataset": "sst2", "attack": "addsent", "speedup": 2.0, "clean_floor": {"asr": 0.1}, "provenance": prov,
-         "sides": {"now": side, "before": {**side, "seconds": {"cell": 1600.0}}}}))
+         "sides": {"now": side, "before": before}}))
     text = book.headline_markdown(("full",))
     assert "(`benchmarks/bench_full_cpu.py`, sst2 addsent, victim + bedkd-fixed): 800 s vs 1600 s with the " \
-           "settings before, 2.00x faster (target 3x); defended CACC 0.886 vs 0.886, ASR 0.000 vs 0.000 (floor " \
-           "0.100); commit feedbeef0000" in text
+           "settings before, 2.00x faster (target 3x); defended CACC 0.886 vs 0.906 (-2.0 points, LOWER now), " \
+           "ASR 0.000 vs 0.000 (floor 0.100); commit feedbeef0000" in text
     assert "2000 rows): 50 s (1 epoch(s) of by_length batches of 16: CACC 0.800, ASR 1.000) vs 175 s (2 epoch(s) " \
            "of shuffle batches of 32: CACC 0.800, ASR 1.000) before, 3.50x faster; commit feedbeef0000" in text
     assert "450 s with the victims cached (0.75 x the 10-min budget), 900 s from an empty cache (1.50 x)" in text
