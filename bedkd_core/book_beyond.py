@@ -15,11 +15,11 @@ from . import book_grid, store
 from .book_data import cell_report, cell_scores
 from .book_grid import grid_statuses
 
-DEFENSES = ("none", "bedkd-fixed", "bedkd-adaptive", "bedkd-all-classes", "bedkd-rounds", "finetune", "nad",
-            "rap")
+DEFENSES = ("none", "bedkd-fixed", "bedkd-adaptive", "bedkd-all-classes", "bedkd-rounds", "bedkd-several",
+            "finetune", "nad", "rap")
 """The defenses of both grids, in the order the tables show them (`none`: the undefended victim; optional cells
-of `beyond-attack`: `bedkd-all-classes`, the quick preset without target inference, and `bedkd-rounds`,
-quick-adaptive rerun on its own purified model)."""
+of `beyond-attack`: `bedkd-all-classes`, the quick preset without target inference, `bedkd-rounds`,
+quick-adaptive rerun on its own purified model, and `bedkd-several`, quick-adaptive with several targets)."""
 BEDKD = ("bedkd-fixed", "bedkd-adaptive")
 POISONED, CLEAN = "poisoned (oracle)", "clean (oracle)"
 """The two kinds of suspect rows in `scores_frame`, named after the oracle flag that tells them apart."""

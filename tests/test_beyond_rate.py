@@ -11,14 +11,18 @@ from bedkd_core.defenses.bedkd import (dev_tolerance, evidence_count, identify_p
                                        select_epoch)
 
 
-def _table(n_poisoned, seed=0):
+def _table(n_poisoned, seed=0, n_second=0):
     """1,000 suspect rows whose DMM flips most clean rows, `n_poisoned` class-1 rows it still maps firmly to
-    their label (the backdoor), and 64 clean reference rows per class."""
+    their label (the backdoor), and 64 clean reference rows per class; `n_second` class-0 rows are a second
+    backdoor's, with the other target."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, 1000)
     p_label = rng.uniform(0.05, 0.8, 1000)
     score = rng.uniform(0.0, 0.5, 1000)
     poison = rng.choice(np.flatnonzero(labels == 1), n_poisoned, replace=False)
+    if n_second:
+        poison = np.concatenate([poison, rng.choice(np.flatnonzero(labels == 0), n_second, replace=False)])
+        n_poisoned += n_second
     p_label[poison] = rng.uniform(0.9, 0.99, n_poisoned)
     score[poison] = rng.uniform(0.0, 0.08, n_poisoned)
     probs = np.where(labels[:, None] == np.arange(2), p_label[:, None], 1 - p_label[:, None])
@@ -170,3 +174,56 @@ def test_on_real_scores_the_evidence_count_shrinks_with_the_poisoned_rows(quick_
         assert poisoned[rows][kept].mean() >= 0.9 if len(kept) else info["count"]["decision"].startswith("trust")
         if keep == 200:
             assert info["count"]["decision"] == "as asked" and kept.tolist() == picks["quick"][0].tolist()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_several_targets_punishes_both_backdoors_where_one_target_takes_one(seed):
+    # Two backdoors, 100 class-1 and 60 class-0 poisoned rows: the one-target rule reads class 0's poisoned
+    # rows as its clean rate and punishes class 1 only; `several` weighs each class against its own clean
+    # reference rows and splits the asked rows between the two by their excess.
+    table, poison = _table(100, seed=seed, n_second=60)
+    one, _ = identify_poisoned(**table, n_rows=48, config=make_config(preset="quick-adaptive"))
+    assert set(table["labels"][one].tolist()) == {1}
+    rows, info = identify_poisoned(**table, n_rows=48,
+                                   config=make_config(preset="quick-adaptive", targets="several"))
+    count = info["count"]
+    assert count["target_evidence"]["verdict"] == "several" and set(count["targets"]) == {"0", "1"}
+    assert len(rows) == 48 == sum(count["targets"].values()) and len(set(rows.tolist())) == 48
+    by_class = np.bincount(table["labels"][rows], minlength=2)
+    assert by_class.tolist() == [count["targets"]["0"], count["targets"]["1"]] and by_class[1] > by_class[0] > 10
+    assert len(set(rows.tolist()) & poison) >= 0.9 * len(rows)
+
+
+@pytest.mark.parametrize("n_poisoned", [0, 10, 100])
+def test_several_targets_finds_one_or_no_target_where_there_is_one_or_none(n_poisoned):
+    table, poison = _table(n_poisoned)
+    rows, info = identify_poisoned(**table, n_rows=48,
+                                   config=make_config(preset="quick-adaptive", targets="several"))
+    count = info["count"]
+    if n_poisoned:
+        assert set(count["targets"]) == {"1"} and count["target_evidence"]["verdict"] == "clear"
+        assert set(rows.tolist()) <= poison and len(rows) == min(48, n_poisoned)
+    else:
+        assert len(rows) == 0 and count["targets"] == {} and count["target_evidence"]["verdict"] == "weak"
+        assert count["decision"] == "trust-only: no class's rows stand out from its clean reference"
+
+
+def test_several_targets_formula_weighs_each_class_against_chance():
+    config = make_config(preset="quick-adaptive", targets="several")
+    # 64 reference rows per class: a clean row beats all of them with probability 1/65.
+    count = evidence_count(beyond=np.array([201, 165]), sizes=np.array([1300, 650]), config=config, n_rows=48,
+                           reference_sizes=[64, 64])
+    assert count["expected_clean"] == [20.0, 10.0] and count["spans"] == {"0": 181, "1": 155}
+    assert count["targets"] == {"0": 26, "1": 22} and count["supported"] == 48
+    # One backdoor: the other class's rate (2 of 1,000) is the lower, tighter estimate of the clean rate.
+    count = evidence_count(beyond=np.array([2, 30]), sizes=np.array([1000, 1000]), config=config, n_rows=48,
+                           reference_sizes=[64, 64])
+    assert count["expected_clean"] == [15.4, 2.0] and count["targets"] == {"1": 28}
+    assert count["decision"] == "fewer than asked"
+    few = evidence_count(beyond=np.array([0, 5]), sizes=np.array([1000, 1000]), config=config, n_rows=48,
+                         reference_sizes=[64, 64])
+    assert few["supported"] == 0 and few["decision"].startswith("trust-only: the evidence supports too few")
+    with pytest.raises(DataError, match="reference_sizes"):
+        evidence_count(beyond=np.array([0, 30]), sizes=np.array([1000, 1000]), config=config, n_rows=48)
+    with pytest.raises(DataError, match="targets='several'.*count='evidence'"):
+        make_config(preset="quick", targets="several")

@@ -43,6 +43,12 @@ class BeDKDConfig(DefenseConfig):
         "defender's evidence supports: the candidates beyond every clean reference row of their class, "
         "and no more than the target class's excess under tau over the clean reference's rate; punished "
         "and held-out rows keep the n_poison : holdout ratio). Needs scan=`rank` and refine=`direction`.")
+    targets: Literal["one", "several"] = option(
+        "one",
+        "With count=`evidence`: punish the candidates of `one` target class (the class with the most rows "
+        "beyond the clean reference) or of `several`, every class whose such rows stand out from what its "
+        "clean rows give by chance (two backdoors with two targets), the asked rows split by each class's "
+        "excess.")
     min_punish: int = option(
         4,
         "With count=`evidence`: when the evidence supports fewer punished rows than this, punish none "
@@ -122,6 +128,8 @@ class BeDKDConfig(DefenseConfig):
             raise DataError("count='evidence' weighs the DMM's evidence: it needs identify='agreement', "
                             f"scan='rank' and refine='direction' (got {self.identify!r}, {self.scan!r}, "
                             f"{self.refine!r})")
+        if self.targets == "several" and self.count != "evidence":
+            raise DataError("targets='several' decides the targets from the evidence: it needs count='evidence'")
         if self.trust_batches is not None and self.trust_batches < 1:
             raise DataError(f"trust_batches={self.trust_batches}: give at least 1, or None for every clean batch")
         if self.patience is not None and self.patience < 1:

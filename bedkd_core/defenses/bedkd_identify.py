@@ -147,30 +147,100 @@ def _spread(n_ranks: int, n_picks: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n_ranks - 1, n_picks)).astype(int))
 
 
-def evidence_count(*, beyond: np.ndarray, sizes: np.ndarray, config: BeDKDConfig, n_rows: int) -> dict:
+def several_targets(*, beyond, sizes, reference_sizes) -> dict:
+    """Per class, the rows beyond the clean reference in excess of chance, and whether the excess stands out.
+
+    A clean suspect row of class c and the defender's `reference_sizes[c]` clean reference rows of c are draws
+    from one distribution, so it beats all of them with probability at most 1 / (R_c + 1) (less when the victim
+    fitted it). The other classes' rate of such rows estimates it too, but only while they hold no poison; each
+    class takes the lower of the two, so no class's verdict needs another class to be clean. A class whose
+    excess stands CLEAR_Z standard errors above zero is a target.
+    """
+    beyond, sizes = np.asarray(beyond, float), np.asarray(sizes, float)
+    chance = 1.0 / (np.asarray(reference_sizes, float) + 1.0)
+    rates = beyond / np.maximum(sizes, 1.0)
+    classes = np.arange(len(sizes))
+    others = np.array([rates[(sizes > 0) & (classes != c)].mean() if ((sizes > 0) & (classes != c)).any()
+                       else np.inf for c in classes])
+    rate = np.minimum(chance, others)
+    expected = rate * sizes
+    z = (beyond - expected) / np.sqrt(sizes * rate * (1 - rate) + 1.0)  # + 1: a count's own noise
+    span = np.maximum(0, np.floor(beyond - expected)).astype(int)
+    targets = [c for c in range(len(sizes)) if z[c] >= CLEAR_Z and span[c] > 0]
+    return {"targets": targets, "span": span, "expected": expected, "z": z}
+
+
+def _split(total: int, weights: list[int]) -> list[int]:
+    """`total` split in proportion to `weights` (largest remainders), each share at most its weight."""
+    exact = np.asarray(weights, float) * total / max(sum(weights), 1)
+    shares = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - shares), kind="stable")[: total - int(shares.sum())]:
+        shares[i] += 1
+    return shares.tolist()
+
+
+def evidence_count(*, beyond: np.ndarray, sizes: np.ndarray, config: BeDKDConfig, n_rows: int,
+                   reference_sizes=None) -> dict:
     """How many of the `n_rows` asked the evidence supports, and the decision with its inputs.
 
     `beyond[c]`: candidates of class c beyond every clean reference row of c; `sizes[c]`: suspect rows of c
     (both arrays).
     Poisoned rows pile up in the target class (the most such rows); the other classes' rate of such rows, which
     holds no poison, estimates the clean rows among them. Fewer punished rows than `min_punish` punish none.
+    With `config.targets` = 'several' (which needs `reference_sizes`, the clean reference rows per class), every
+    class `several_targets` finds is a target and `targets` maps each to its share of the supported rows.
     """
+    if config.targets == "several":
+        return _several_count(beyond=beyond, sizes=sizes, config=config, n_rows=n_rows,
+                              reference_sizes=reference_sizes)
     target = int(beyond.argmax()) if beyond.any() else None
     others = [c for c in range(len(sizes)) if c != target and sizes[c]]
     clean_rate = float(np.mean([beyond[c] / sizes[c] for c in others])) if others and target is not None else 0.0
     expected_clean = clean_rate * sizes[target] if target is not None else 0.0
     span = max(0, int(np.floor(beyond[target] - expected_clean))) if target is not None else 0
     supported = min(n_rows, span)
-    punished = supported - int(round(supported * config.holdout / (config.n_poison + config.holdout)))
     decision = "as asked" if supported == n_rows else "fewer than asked"
     rates = np.full(len(sizes), clean_rate)
     evidence = target_evidence(counts=beyond, sizes=sizes, clean_rates=rates,
                                reference_sizes=[sum(sizes[c] for c in others) or 1] * len(sizes))
-    if punished < config.min_punish:
-        decision, supported = "trust-only: the evidence supports too few rows to punish", 0
+    decision, supported = _least_harm(decision=decision, supported=supported, config=config)
     return {"rule": "evidence", "asked": n_rows, "beyond_clean_reference": {str(c): int(v) for c, v in
             enumerate(beyond)}, "target": target, "expected_clean": round(float(expected_clean), 1), "span": span,
             "supported": supported, "decision": decision, "target_evidence": evidence}
+
+
+def _least_harm(*, decision: str, supported: int, config: BeDKDConfig) -> tuple[str, int]:
+    """(decision, supported), or trust-only when fewer than `min_punish` of the supported rows would be punished
+    (the others are held out in the n_poison : holdout ratio)."""
+    punished = supported - int(round(supported * config.holdout / (config.n_poison + config.holdout)))
+    if punished < config.min_punish:
+        return "trust-only: the evidence supports too few rows to punish", 0
+    return decision, supported
+
+
+def _several_count(*, beyond, sizes, config: BeDKDConfig, n_rows: int, reference_sizes) -> dict:
+    if reference_sizes is None:
+        raise DataError("targets='several' weighs each class against its clean reference rows: pass "
+                        "reference_sizes (the defender's clean reference rows per class)")
+    found = several_targets(beyond=beyond, sizes=sizes, reference_sizes=reference_sizes)
+    targets, span = found["targets"], found["span"]
+    supported = min(n_rows, int(sum(span[c] for c in targets)))
+    shares = dict(zip(targets, _split(supported, [int(span[c]) for c in targets])))
+    if targets:
+        decision, supported = _least_harm(decision="as asked" if supported == n_rows else "fewer than asked",
+                                          supported=supported, config=config)
+    else:
+        decision = "trust-only: no class's rows stand out from its clean reference"
+    verdict = "several" if len(targets) > 1 else "clear" if targets else "weak"
+    return {"rule": "evidence", "targets_rule": "several", "asked": n_rows,
+            "beyond_clean_reference": {str(c): int(v) for c, v in enumerate(beyond)},
+            "target": max(shares, key=shares.get) if supported else None,
+            "targets": {str(c): int(n) for c, n in shares.items()} if supported else {},
+            "spans": {str(c): int(span[c]) for c in targets},
+            "expected_clean": [round(float(v), 1) for v in found["expected"]], "span": int(sum(span[targets])),
+            "supported": supported, "decision": decision,
+            "target_evidence": {"verdict": verdict, "class": int(np.argmax(found["z"])),
+                                "z": [round(float(v), 1) for v in found["z"]], "gap_z": None}}
 
 
 def _evidence_rows(*, scores: dict, labels, eligible, reference, config: BeDKDConfig, n_rows: int,
@@ -183,11 +253,21 @@ def _evidence_rows(*, scores: dict, labels, eligible, reference, config: BeDKDCo
     rows, margin = rows[order], margin[order]
     ceiling = _reference_ceiling(reference, num_classes) if reference is not None else np.full(num_classes, np.inf)
     beyond = margin > ceiling[labels[rows]]
+    reference_sizes = np.bincount(reference["labels"], minlength=num_classes) if reference is not None else None
     count = evidence_count(beyond=np.bincount(labels[rows][beyond], minlength=num_classes),
-                           sizes=np.bincount(labels, minlength=num_classes), config=config, n_rows=n_rows)
+                           sizes=np.bincount(labels, minlength=num_classes), config=config, n_rows=n_rows,
+                           reference_sizes=reference_sizes)
     if not count["supported"]:
         return np.zeros(0, dtype=int), count
-    top = np.flatnonzero(beyond & (labels[rows] == count["target"]))[: count["span"]]
-    picks = top[_spread(len(top), count["supported"])]
-    count["dmm_log_odds_kept"] = [round(float(margin[picks[0]]), 2), round(float(margin[picks[-1]]), 2)]
+    shares = count.get("targets") or {str(count["target"]): count["supported"]}
+    spans = count.get("spans") or {str(count["target"]): count["span"]}
+    picks = np.concatenate([_class_picks(beyond & (labels[rows] == int(c)), span=spans[c], n=n)
+                            for c, n in shares.items()])
+    count["dmm_log_odds_kept"] = [round(float(margin[picks].max()), 2), round(float(margin[picks].min()), 2)]
     return rows[picks].astype(int), count
+
+
+def _class_picks(mask: np.ndarray, *, span: int, n: int) -> np.ndarray:
+    """`n` ranks spread over the first `span` ranks where `mask` holds (ranks ordered by DMM log-odds)."""
+    top = np.flatnonzero(mask)[:span]
+    return top[_spread(len(top), n)]
