@@ -110,6 +110,7 @@ def condition_rows(*, grid: str, defenses: tuple[str, ...] = DEFENSES) -> pd.Dat
             "recall": detection.get("recall", np.nan),
             "inferred target": details.get("inferred_target", np.nan) if detection else np.nan,
             "count decision": (details.get("count") or {}).get("decision", ""),
+            "punished classes": ", ".join((details.get("count") or {}).get("targets") or {}),
             "target evidence": _target_evidence(details),
             "kept epoch": details.get("selected_epoch", np.nan),
             "defended CACC": defended["cacc"], "defended ASR": defended["asr"], **_asr_columns(report)})
@@ -164,6 +165,22 @@ def floor_verdicts(*, frame: pd.DataFrame, margin: float | None = None) -> pd.Da
     cells.loc[cells["floor ASR"].isna(), "verdict"] = "floor not measured"
     return cells[["condition", "defense", "victim ASR", "floor ASR", "worst ASR", "above floor (pts)",
                   "share removed", "CACC change (pts)", "precision", "verdict"]].reset_index(drop=True)
+
+
+REPAIRS = ("bedkd-adaptive", "bedkd-all-classes", "bedkd-rounds", "bedkd-several")
+"""The adaptive preset and the three repairs for several targets, compared side by side by `repair_rows`."""
+
+
+def repair_rows(*, frame: pd.DataFrame) -> pd.DataFrame:
+    """The REPAIRS cells of each condition where `bedkd-several` finished: the rows identified, their
+    precision, the classes the several-targets rule punished, and `floor_verdicts`' worst ASR and verdict."""
+    conditions = frame.loc[frame["defense"] == "bedkd-several", "condition"].unique()
+    cells = frame[frame["condition"].isin(conditions) & frame["defense"].isin(REPAIRS)]
+    verdicts = floor_verdicts(frame=cells)
+    joined = verdicts.merge(cells[["condition", "defense", "identified", "punished classes"]],
+                            on=["condition", "defense"])
+    return joined[["condition", "defense", "identified", "precision", "punished classes", "worst ASR",
+                   "floor ASR", "verdict"]]
 
 
 # ---------------------------------------------------------------- stored agreement scores

@@ -193,3 +193,21 @@ def test_label_spread_shows_one_pile_two_piles_and_none():
     assert spread.loc["shift", "share of poisoned rows"].max() < 0.5
     assert spread.loc["shift", "relabelled"].sum() == 200
     assert rows["sos"].tolist() == [200, 0, 0, 0]  # the partial-trigger rows it appends are not poisoned
+
+
+def test_repair_rows_set_the_several_targets_rule_beside_the_other_repairs(results):
+    victim = {"cacc": 0.85, "asr": 0.9, "asr_by_backdoor": {"badnets": 0.95, "addsent": 0.85}}
+    write_report("sst2", "dual", "bedkd-several", victim=victim,
+                 defended={"cacc": 0.86, "asr": 0.1, "asr_by_backdoor": {"badnets": 0.12, "addsent": 0.08}},
+                 detection={"precision": 0.95, "recall": 0.08, "n_flagged": 32},
+                 details={"inferred_target": 1, "count": {"rule": "evidence", "targets_rule": "several",
+                                                          "targets": {"0": 20, "1": 28}, "supported": 48,
+                                                          "decision": "as asked"}})
+    frame = book_beyond.condition_rows(grid=GRID)
+    assert frame.set_index("defense").loc["bedkd-several", "punished classes"] == "0, 1"
+    table = book_beyond.repair_rows(frame=frame)
+    assert list(table["defense"]) == ["bedkd-adaptive", "bedkd-several"]  # bedkd-fixed is not a repair
+    several = table.set_index("defense").loc["bedkd-several"]
+    assert several["worst ASR"] == 0.12 and several["verdict"] == book_beyond.AT_FLOOR
+    assert table.set_index("defense").loc["bedkd-adaptive", "punished classes"] == ""
+    assert book_beyond.repair_rows(frame=frame[frame["defense"] != "bedkd-several"]).empty
