@@ -27,11 +27,13 @@ from ..training import (autocast, epoch_batches, grad_scaler, precision, predict
                         token_lengths, tokenize)
 from .base import DefenderData, DefenseResult
 from .bedkd_config import PRESETS, BeDKDConfig, configure, make_config
-from .bedkd_identify import evidence_count, identify_poisoned, infer_target, log_odds, target_evidence
+from .bedkd_identify import (evidence_count, identify_poisoned, infer_target, log_odds, several_targets,
+                             target_evidence)
 
 __all__ = ["BeDKDConfig", "PRESETS", "make_config", "configure", "check", "distillation_loss", "flip_labels",
            "split_clean", "dmm_cache_path", "train_dmm", "agreement_scores", "log_odds", "infer_target",
-           "identify_poisoned", "evidence_count", "target_evidence", "dev_tolerance", "select_epoch", "akd", "bedkd"]
+           "identify_poisoned", "evidence_count", "several_targets", "target_evidence", "dev_tolerance",
+           "select_epoch", "akd", "bedkd"]
 """The stages a chapter can call on its own, and the config they share (defined in `bedkd_config`)."""
 
 
