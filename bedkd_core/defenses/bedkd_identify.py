@@ -150,9 +150,9 @@ def _spread(n_ranks: int, n_picks: int) -> np.ndarray:
 def several_targets(*, beyond, sizes, reference_sizes) -> dict:
     """Per class, the rows beyond the clean reference in excess of chance, and whether the excess stands out.
 
-    A clean suspect row of class c and the defender's `reference_sizes[c]` clean reference rows of c are draws
-    from one distribution, so it beats all of them with probability at most 1 / (R_c + 1) (less when the victim
-    fitted it). The other classes' rate of such rows estimates it too, but only while they hold no poison; each
+    Were a clean suspect row of class c and the defender's `reference_sizes[c]` clean reference rows of c
+    exchangeable, it would beat all of them with probability 1 / (R_c + 1); the victim trained on the suspect
+    rows only, so the rate is an approximation whose direction the stored reports show. The other classes' rate of such rows estimates it too, but only while they hold no poison; each
     class takes the lower of the two, so no class's verdict needs another class to be clean. A class whose
     excess stands CLEAR_Z standard errors above zero is a target.
     """
@@ -245,8 +245,8 @@ def _several_count(*, beyond, sizes, config: BeDKDConfig, n_rows: int, reference
 
 def _evidence_rows(*, scores: dict, labels, eligible, reference, config: BeDKDConfig, n_rows: int,
                    num_classes: int) -> tuple[np.ndarray, dict]:
-    """count='evidence': the target class's candidates beyond the clean reference, as many as `evidence_count`
-    supports, spread over the top `span` ranks (firmest DMM log-odds first)."""
+    """count='evidence': the target class's candidates beyond the clean reference (each target's, with several),
+    as many as `evidence_count` supports, spread over the top `span` ranks (firmest DMM log-odds first)."""
     rows = np.flatnonzero(eligible)
     margin = log_odds(probs=scores["dmm_prob"][rows], labels=labels[rows])
     order = np.argsort(-margin, kind="stable")
