@@ -67,13 +67,14 @@ def cell_scores(folder: str | Path) -> pd.DataFrame | None:
 def cell_curve(folder: str | Path) -> tuple[pd.DataFrame, pd.Series] | None:
     """(CACC/ASR per epoch, dev accuracy per epoch) from a folder's curve.json, or None without one.
 
-    The dev accuracy is empty for a run that did not save its per-epoch history.
+    The dev accuracy is empty for a run that did not save its per-epoch history or watched no dev rows
+    (holdout 0, as the faithful preset).
     """
     saved = store.read_json(Path(folder) / "curve.json")
     if saved is None:
         return None
-    history = saved.get("history") or []
-    dev = (pd.DataFrame(history).set_index("epoch")["dev_accuracy"] if history
+    history = pd.DataFrame(saved.get("history") or [])
+    dev = (history.set_index("epoch")["dev_accuracy"] if "dev_accuracy" in history
            else pd.Series(dtype=float))
     return pd.DataFrame(saved["curve"]).set_index("epoch"), dev
 

@@ -58,6 +58,11 @@ def test_cell_files_are_read_through_the_book(results):
     missing = store.cell_dir(grid="full", dataset="sst2", attack="badnets", defense="bedkd-fixed-no-bound")
     assert book.cell_scores(missing) is None and book.cell_curve(missing) is None
     assert book.cell_report(results / "nowhere") is None
+    faithful = {"curve": [{"epoch": 5, "cacc": 0.86, "asr": 0.0}],  # holdout 0: no dev rows watched
+                "history": [{"epoch": e, "trust_loss": 0.1, "punish_loss": -0.1} for e in range(1, 6)]}
+    (folder / "curve.json").write_text(json.dumps(faithful))
+    points, dev = book.cell_curve(folder)
+    assert points["asr"].to_dict() == {5: 0.0} and dev.empty
 
 
 def test_load_curves_starts_at_the_victim_and_names_the_kept_epoch(results):
