@@ -83,6 +83,10 @@ def times_markdown() -> str:
                       f"of machine ({speedup[1]}: {speedup[0]:.0f}×), times an assumed slowdown of "
                       f"{T4_SLOWDOWN:.0f}× for a T4 against that GPU and {COLAB_MODEL_COST:.0f}× for "
                       f"bert-base-uncased, the model Colab runs, against MiniLM (layers × width²)."]
+    else:
+        lines += ["", "No T4 estimate: it needs one full-scale victim whose training time is stored for both a "
+                      "CPU and a GPU (the `none` and `bedkd-fixed` cells of "
+                      f"{'/'.join(GPU_PAIR)}), and the stored cells do not have that pair."]
     assignments = _benchmark(ASSIGNMENT_TIMES)
     if assignments:
         lines += ["", "| assignment | questions | points | solution run | grading one submission |",
