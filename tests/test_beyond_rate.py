@@ -180,7 +180,7 @@ def test_on_real_scores_the_evidence_count_shrinks_with_the_poisoned_rows(quick_
 def test_several_targets_punishes_both_backdoors_where_one_target_takes_one(seed):
     # Two backdoors, 100 class-1 and 60 class-0 poisoned rows: the one-target rule reads class 0's poisoned
     # rows as its clean rate and punishes class 1 only; `several` weighs each class against its own clean
-    # reference rows and splits the asked rows between the two by their excess.
+    # reference rows and gives each target the rows asked for one backdoor, as many as its excess supports.
     table, poison = _table(100, seed=seed, n_second=60)
     one, _ = identify_poisoned(**table, n_rows=48, config=make_config(preset="quick-adaptive"))
     assert set(table["labels"][one].tolist()) == {1}
@@ -188,9 +188,11 @@ def test_several_targets_punishes_both_backdoors_where_one_target_takes_one(seed
                                    config=make_config(preset="quick-adaptive", targets="several"))
     count = info["count"]
     assert count["target_evidence"]["verdict"] == "several" and set(count["targets"]) == {"0", "1"}
-    assert len(rows) == 48 == sum(count["targets"].values()) and len(set(rows.tolist())) == 48
+    assert count["targets"] == {c: min(48, count["spans"][c]) for c in ("0", "1")}
+    assert len(rows) == sum(count["targets"].values()) == count["supported"] > 48
+    assert len(set(rows.tolist())) == len(rows) and count["asked"] == 96
     by_class = np.bincount(table["labels"][rows], minlength=2)
-    assert by_class.tolist() == [count["targets"]["0"], count["targets"]["1"]] and by_class[1] > by_class[0] > 10
+    assert by_class.tolist() == [count["targets"]["0"], count["targets"]["1"]] and by_class.min() > 30
     assert len(set(rows.tolist()) & poison) >= 0.9 * len(rows)
 
 
@@ -214,7 +216,7 @@ def test_several_targets_formula_weighs_each_class_against_chance():
     count = evidence_count(beyond=np.array([201, 165]), sizes=np.array([1300, 650]), config=config, n_rows=48,
                            reference_sizes=[64, 64])
     assert count["expected_clean"] == [20.0, 10.0] and count["spans"] == {"0": 181, "1": 155}
-    assert count["targets"] == {"0": 26, "1": 22} and count["supported"] == 48
+    assert count["targets"] == {"0": 48, "1": 48} and count["supported"] == count["asked"] == 96
     # One backdoor: the other class's rate (2 of 1,000) is the lower, tighter estimate of the clean rate.
     count = evidence_count(beyond=np.array([2, 30]), sizes=np.array([1000, 1000]), config=config, n_rows=48,
                            reference_sizes=[64, 64])

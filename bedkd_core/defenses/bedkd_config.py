@@ -47,8 +47,8 @@ class BeDKDConfig(DefenseConfig):
         "one",
         "With count=`evidence`: punish the candidates of `one` target class (the class with the most rows "
         "beyond the clean reference) or of `several`, every class whose such rows stand out from what its "
-        "clean rows give by chance (two backdoors with two targets), the asked rows split by each class's "
-        "excess.")
+        "clean rows give by chance (two backdoors with two targets), each target with as many rows as "
+        "one target would get.")
     min_punish: int = option(
         4,
         "With count=`evidence`: when the evidence supports fewer punished rows than this, punish none "

@@ -170,15 +170,6 @@ def several_targets(*, beyond, sizes, reference_sizes) -> dict:
     return {"targets": targets, "span": span, "expected": expected, "z": z}
 
 
-def _split(total: int, weights: list[int]) -> list[int]:
-    """`total` split in proportion to `weights` (largest remainders), each share at most its weight."""
-    exact = np.asarray(weights, float) * total / max(sum(weights), 1)
-    shares = np.floor(exact).astype(int)
-    for i in np.argsort(-(exact - shares), kind="stable")[: total - int(shares.sum())]:
-        shares[i] += 1
-    return shares.tolist()
-
-
 def evidence_count(*, beyond: np.ndarray, sizes: np.ndarray, config: BeDKDConfig, n_rows: int,
                    reference_sizes=None) -> dict:
     """How many of the `n_rows` asked the evidence supports, and the decision with its inputs.
@@ -188,7 +179,8 @@ def evidence_count(*, beyond: np.ndarray, sizes: np.ndarray, config: BeDKDConfig
     Poisoned rows pile up in the target class (the most such rows); the other classes' rate of such rows, which
     holds no poison, estimates the clean rows among them. Fewer punished rows than `min_punish` punish none.
     With `config.targets` = 'several' (which needs `reference_sizes`, the clean reference rows per class), every
-    class `several_targets` finds is a target and `targets` maps each to its share of the supported rows.
+    class `several_targets` finds is a target, each with up to `n_rows` of its own (the budget of one backdoor),
+    and `targets` maps each to its supported rows.
     """
     if config.targets == "several":
         return _several_count(beyond=beyond, sizes=sizes, config=config, n_rows=n_rows,
@@ -224,15 +216,15 @@ def _several_count(*, beyond, sizes, config: BeDKDConfig, n_rows: int, reference
                         "reference_sizes (the defender's clean reference rows per class)")
     found = several_targets(beyond=beyond, sizes=sizes, reference_sizes=reference_sizes)
     targets, span = found["targets"], found["span"]
-    supported = min(n_rows, int(sum(span[c] for c in targets)))
-    shares = dict(zip(targets, _split(supported, [int(span[c]) for c in targets])))
+    shares = {c: min(n_rows, int(span[c])) for c in targets}  # each backdoor gets the rows asked for one
+    asked, supported = n_rows * max(len(targets), 1), sum(shares.values())
     if targets:
-        decision, supported = _least_harm(decision="as asked" if supported == n_rows else "fewer than asked",
+        decision, supported = _least_harm(decision="as asked" if supported == asked else "fewer than asked",
                                           supported=supported, config=config)
     else:
         decision = "trust-only: no class's rows stand out from its clean reference"
     verdict = "several" if len(targets) > 1 else "clear" if targets else "weak"
-    return {"rule": "evidence", "targets_rule": "several", "asked": n_rows,
+    return {"rule": "evidence", "targets_rule": "several", "asked": asked, "asked_per_target": n_rows,
             "beyond_clean_reference": {str(c): int(v) for c, v in enumerate(beyond)},
             "target": max(shares, key=shares.get) if supported else None,
             "targets": {str(c): int(n) for c, n in shares.items()} if supported else {},
