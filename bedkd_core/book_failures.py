@@ -4,17 +4,22 @@ clean floor + 5 points, ranked by how far above, with the reason its own numbers
 The reasons are checked in a fixed order, each from the cell's report and curve: no backdoor to remove, nothing
 punished, one of two backdoors left, identification that punished clean rows, an epoch rule that kept a worse
 epoch than the curve passed through, and otherwise a punish set that was poison yet did not carry over.
-The ablation grids are left out: they break BeDKD on purpose.
+The ablation grids are left out: they break BeDKD on purpose. `lookalikes` then looks inside the cells that
+failed at identification: where their poisoned rows rank among the target class's rows by agreement score.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import store
+from .attacks import AttackConfig
 from .book import FLOOR_MARGIN, pool_held_out
-from .book_data import cell_curve
+from .book_beyond import poisoned_train
+from .book_data import cell_curve, cell_scores
+from .data import DataError
 
 EXCLUDED_PREFIX = "ablation-"
 
@@ -63,10 +68,10 @@ def diagnose(report: dict, *, curve: tuple | None = None) -> str:
             f"{punished} rows did not carry over to the trigger")
 
 
-def floor_failures() -> pd.DataFrame:
-    """Every BeDKD cell (any grid but the ablations, any scale) above its floor + 5 points, the furthest first,
-    with the reason (`why`); `attrs["judged"]` counts the BeDKD cells with a measured floor."""
-    rows, judged = [], 0
+def _failing_cells():
+    """(grid, report, worst ASR, its backdoor) of every BeDKD cell outside the ablations above its floor + 5
+    points, and the count of BeDKD cells with a measured floor."""
+    failing, judged = [], 0
     for grid in store.grids():
         if grid.startswith(EXCLUDED_PREFIX):
             continue
@@ -76,19 +81,72 @@ def floor_failures() -> pd.DataFrame:
                 continue
             judged += 1
             asr, backdoor = _worst_asr(report["defended"])
-            excess = asr - report["clean_floor"]["asr"]
-            if excess <= FLOOR_MARGIN:
-                continue
-            cell = report["cell"]
-            rows.append({"cell": f"{grid}: {cell['dataset']}/{cell['attack']}/{cell['defense']}",
-                         "scale": report.get("scale"), "victim ASR": report["victim"]["asr"],
-                         "floor ASR": report["clean_floor"]["asr"],
-                         "defended ASR": asr if backdoor is None else f"{asr:.3f} ({backdoor})",
-                         "above floor": excess, "precision": (report.get("detection") or {}).get("precision"),
-                         "pool held out": pool_held_out(report),
-                         "why": diagnose(report, curve=cell_curve(Path(cell["dir"])))})
+            if asr - report["clean_floor"]["asr"] > FLOOR_MARGIN:
+                failing.append((grid, report, asr, backdoor))
+    return failing, judged
+
+
+def _name(grid: str, report: dict) -> str:
+    cell = report["cell"]
+    return f"{grid}: {cell['dataset']}/{cell['attack']}/{cell['defense']}"
+
+
+def floor_failures() -> pd.DataFrame:
+    """Every BeDKD cell (any grid but the ablations, any scale) above its floor + 5 points, the furthest first,
+    with the reason (`why`); `attrs["judged"]` counts the BeDKD cells with a measured floor."""
+    failing, judged = _failing_cells()
+    rows = [{"cell": _name(grid, report), "scale": report.get("scale"), "victim ASR": report["victim"]["asr"],
+             "floor ASR": report["clean_floor"]["asr"],
+             "defended ASR": asr if backdoor is None else f"{asr:.3f} ({backdoor})",
+             "above floor": asr - report["clean_floor"]["asr"],
+             "precision": (report.get("detection") or {}).get("precision"), "pool held out": pool_held_out(report),
+             "why": diagnose(report, curve=cell_curve(Path(report["cell"]["dir"])))}
+            for grid, report, asr, backdoor in failing]
     frame = pd.DataFrame(rows)
     if rows:
         frame = frame.sort_values("above floor", ascending=False).reset_index(drop=True)
     frame.attrs["judged"] = judged
     return frame
+
+
+def lookalikes(report: dict) -> dict | None:
+    """Where a cell's poisoned rows rank among the rows of the attack's target class by agreement score (low:
+    the DMM still agrees with the teacher), or None without scores or a single target. Like the oracle flags,
+    the target is known after the fact only; the defense never sees it.
+
+    `clean first` counts the clean target rows scoring below every poisoned row: rows whose label the DMM's
+    flipped distillation could not overturn either, so any ranking by agreement meets them first. The given
+    labels are rebuilt from the data (the report's dataset, attack, scale and seed; no model is trained) and
+    checked against the oracle flags that scores.json stored."""
+    folder = Path(report["cell"]["dir"])
+    scores, details = cell_scores(folder), report.get("defense_details") or {}
+    target = report["attack"].get("target_label")
+    if scores is None or target is None or report["attack"].get("label_mode", "dirty") != "dirty":
+        return None
+    _, poisoned = poisoned_train(dataset=report["dataset"], attack=AttackConfig(**report["attack"]),
+                                 scale=report["scale"], seed=report["seed"])
+    rows = scores["row"].to_numpy()
+    flags = np.asarray(poisoned.is_poisoned, dtype=bool)
+    if len(flags) != len(rows) or not np.array_equal(flags[rows], scores["is_poisoned"].to_numpy(dtype=bool)):
+        raise DataError(f"{folder / 'scores.json'}: the rebuilt poisoned rows do not match its oracle flags; the "
+                        "data or the attack changed since the run: rerun the cell")
+    mine = np.asarray(poisoned.data["label"])[rows] == target
+    ranked = flags[rows][mine][np.argsort(scores["score"].to_numpy()[mine], kind="stable")]
+    asked = int(details.get("n_identified", 0) + details.get("n_watched", 0)) or 48
+    return {"target": int(target), "target rows": int(mine.sum()), "poisoned rows": int(ranked.sum()),
+            "clean first": int(np.argmax(ranked)) if ranked.any() else int(mine.sum()),
+            "identified": asked, "poisoned among the lowest identified": float(ranked[:asked].mean()),
+            "poisoned among the lowest 4 × identified": float(ranked[: 4 * asked].mean())}
+
+
+def identification_lookalikes() -> pd.DataFrame:
+    """`lookalikes` of every failing cell that `diagnose` blames on identification, the furthest above its
+    floor first."""
+    failing, _ = _failing_cells()
+    rows = []
+    for grid, report, asr, _ in sorted(failing, key=lambda f: f[2] - f[1]["clean_floor"]["asr"], reverse=True):
+        if diagnose(report).startswith("identification"):
+            found = lookalikes(report)
+            if found is not None:
+                rows.append({"cell": _name(grid, report), "scale": report.get("scale"), **found})
+    return pd.DataFrame(rows)
