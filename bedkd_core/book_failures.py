@@ -132,7 +132,7 @@ def lookalikes(report: dict) -> dict | None:
                         "data or the attack changed since the run: rerun the cell")
     mine = np.asarray(poisoned.data["label"])[rows] == target
     ranked = flags[rows][mine][np.argsort(scores["score"].to_numpy()[mine], kind="stable")]
-    asked = int(details.get("n_identified", 0) + details.get("n_watched", 0)) or 48
+    asked = int((report.get("detection") or {}).get("n_flagged", 0) + details.get("n_watched", 0))
     return {"target": int(target), "target rows": int(mine.sum()), "poisoned rows": int(ranked.sum()),
             "clean first": int(np.argmax(ranked)) if ranked.any() else int(mine.sum()),
             "identified": asked, "poisoned among the lowest identified": float(ranked[:asked].mean()),

@@ -77,7 +77,7 @@ def _lookalike_cell(tmp_path, monkeypatch, *, planted: int):
     score[np.flatnonzero(~flags & (labels == 1))[:planted]] = 0.01
     cell = {**report(defended=0.6, precision=0.2), "dataset": "sst2", "scale": "quick", "seed": 0,
             "attack": attack.asdict()}
-    cell["defense_details"].update(n_identified=32, n_watched=16)
+    cell["defense_details"].update(n_watched=16)
     folder = tmp_path / "beyond" / "sst2" / "badnets" / "bedkd-fixed" / "seed0"
     folder.mkdir(parents=True)
     (folder / "report.json").write_text(json.dumps(cell))
